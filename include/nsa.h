@@ -1,0 +1,296 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * nsa.h — the public C API of libnsa, a library for DeepSeek's Native Sparse
+ * Attention (NSA, Yuan et al., arXiv 2502.11089).
+ *
+ * This is the only header libnsa installs. The function computed is defined
+ * normatively by docs/nsa-semantics.md (the spec); section numbers below refer
+ * to it.
+ *
+ * Lifecycle:
+ *
+ *     nsa_context_create()   what lives for the process: threads, topology
+ *       nsa_config_init()    fill the paper defaults, then change fields
+ *       nsa_plan_create()    validate a configuration once; immutable after
+ *         nsa_forward()      run it, as often and from as many threads as wanted
+ *       nsa_plan_destroy()
+ *     nsa_context_destroy()
+ *
+ * Conventions used by every function:
+ *   - Tensors are dense, row-major (C order), fp32, token-major and packed over
+ *     a batch of variable-length sequences (FlashAttention's varlen layout).
+ *     The caller owns every buffer; the library never keeps a pointer to one
+ *     after the call returns.
+ *   - Every fallible function returns an nsa_status; NSA_SUCCESS is 0. On
+ *     failure nothing is written to any output, and nsa_context_last_error()
+ *     names the argument at fault. The library never aborts and never prints
+ *     unless asked to (NSA_VERBOSE).
+ *   - Sizes that can exceed 2^31 elements are int64_t.
+ */
+#ifndef NSA_H
+#define NSA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The version. configure.ac reads NSA_VERSION_STRING from this line. */
+#define NSA_VERSION_MAJOR 0
+#define NSA_VERSION_MINOR 1
+#define NSA_VERSION_PATCH 0
+#define NSA_VERSION_STRING "0.1.0"
+
+#if defined(NSA_BUILDING_LIBRARY) && defined(__GNUC__)
+#define NSA_API __attribute__((visibility("default")))
+#else
+#define NSA_API
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef enum nsa_status {
+    NSA_SUCCESS = 0,
+    NSA_ERROR_NULL_POINTER = 1,      /* a required pointer argument is NULL */
+    NSA_ERROR_INVALID_DIMENSION = 2, /* a head count, head dim, length or
+                                        count is zero or negative */
+    NSA_ERROR_INVALID_HEADS = 3,     /* num_q_heads is not a multiple of
+                                        num_kv_heads */
+    NSA_ERROR_INVALID_BLOCKS = 4,    /* block geometry: d must divide l and
+                                        l', and l <= l' */
+    NSA_ERROR_INVALID_SELECTION = 5, /* n < n_init + n_local, or a negative
+                                        forced count */
+    NSA_ERROR_INVALID_SEQLENS = 6,   /* cu_seqlens does not start at 0,
+                                        decreases, or does not end at T */
+    NSA_ERROR_INVALID_INDICES = 7,   /* caller-given block indices out of
+                                        range or repeated */
+    NSA_ERROR_INVALID_ARGUMENT = 8,  /* any other bad value: an enum out of
+                                        range, a non-finite scale, parameters
+                                        given for the wrong compression kind */
+    NSA_ERROR_SIZE_OVERFLOW = 9,     /* a size product does not fit in
+                                        int64_t / size_t */
+    NSA_ERROR_OUT_OF_MEMORY = 10,    /* an allocation failed */
+    NSA_ERROR_UNSUPPORTED = 11,      /* valid, but not implemented here */
+    NSA_ERROR_SYSTEM = 12,           /* the OS or hwloc refused (threads,
+                                        topology) */
+    NSA_ERROR_INTERNAL = 13          /* a bug in libnsa; please report it */
+} nsa_status;
+
+/* A static, human-readable name for a status ("invalid block geometry").
+ * Never NULL; unknown values give "unknown status". Thread-safe. */
+NSA_API const char *nsa_status_string(nsa_status status);
+
+/* The run-time library version, e.g. "0.1.0". May differ from
+ * NSA_VERSION_STRING when the program was compiled against another header. */
+NSA_API const char *nsa_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Context                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* What lives for the process: the hardware topology (hwloc), the thread
+ * budget, the diagnostic channel. Opaque. */
+typedef struct nsa_context nsa_context;
+
+typedef struct nsa_context_options {
+    /* Worker threads used by each call. 0 = the NSA_NUM_THREADS environment
+     * variable if set, else one per core. */
+    int32_t num_threads;
+    /* 1 = print one line per decision (kernel choice, thread count) to
+     * stderr; 0 = silent; -1 = the NSA_VERBOSE environment variable. */
+    int32_t verbose;
+} nsa_context_options;
+
+/* Fills opts with the defaults: num_threads = 0, verbose = -1. */
+NSA_API void nsa_context_options_init(nsa_context_options *opts);
+
+/* Creates a context. opts may be NULL for the defaults.
+ * Errors: NSA_ERROR_NULL_POINTER (ctx), NSA_ERROR_INVALID_ARGUMENT (negative
+ * num_threads), NSA_ERROR_SYSTEM (hwloc could not read the topology),
+ * NSA_ERROR_OUT_OF_MEMORY. On failure *ctx is set to NULL. */
+NSA_API nsa_status nsa_context_create(const nsa_context_options *opts,
+                                      nsa_context **ctx);
+
+/* Releases a context. Every plan made from it must be destroyed first.
+ * NULL is accepted and ignored. */
+NSA_API void nsa_context_destroy(nsa_context *ctx);
+
+/* The message of the most recent failure of a call that used this context
+ * ("cu_seqlens[3] = 17 is smaller than cu_seqlens[2] = 40"), or "" if none.
+ * The string stays valid until the next failing call on the context; when
+ * several threads share a context, copy it right after the failing call.
+ * ctx may be NULL (returns ""). */
+NSA_API const char *nsa_context_last_error(const nsa_context *ctx);
+
+/* The number of worker threads calls on this context use (>= 1). */
+NSA_API int32_t nsa_context_num_threads(const nsa_context *ctx);
+
+/* ------------------------------------------------------------------------ */
+/* Configuration (spec, "Shapes and names")                                  */
+/* ------------------------------------------------------------------------ */
+
+/* The compression function phi of spec section 1. */
+typedef enum nsa_compress_kind {
+    NSA_COMPRESS_MEAN = 0,     /* (1/l) sum_j (x_j + pe_j)                   */
+    NSA_COMPRESS_WEIGHTED = 1, /* sum_j a_j (x_j + pe_j)                     */
+    NSA_COMPRESS_LINEAR = 2,   /* W^T vec(x + pe)                            */
+    NSA_COMPRESS_MLP = 3       /* W2^T relu(W1^T vec(x + pe))                */
+} nsa_compress_kind;
+
+typedef struct nsa_config {
+    int32_t num_q_heads;  /* Hq */
+    int32_t num_kv_heads; /* Hkv; G = Hq / Hkv query heads share a KV head */
+    int32_t head_dim_qk;  /* Dk */
+    int32_t head_dim_v;   /* Dv (may differ from Dk) */
+
+    int32_t cmp_block;  /* l: raw tokens per compressed token        (32) */
+    int32_t cmp_stride; /* d: stride between compressed tokens       (16) */
+    int32_t sel_block;  /* l': tokens per selection block            (64) */
+    int32_t sel_count;  /* n: blocks per query, forced ones included (16) */
+    int32_t sel_init;   /* n_init: forced initial blocks              (1) */
+    int32_t sel_local;  /* n_local: forced most recent blocks         (2) */
+    int32_t window;     /* w: sliding window, the query's own key
+                           included                                 (512) */
+    float scale;        /* softmax scale                   (1/sqrt(Dk)) */
+    int32_t causal;     /* 1 = causal (decoders), 0 = spec section 9 (1) */
+
+    nsa_compress_kind compress; /* phi                              (mean) */
+    int32_t cmp_mlp_hidden;     /* M, hidden width of the mlp phi  (2*Dk) */
+} nsa_config;
+
+/* Fills cfg with the paper's defaults (values in brackets above) for the
+ * given heads and head dims. The arguments are stored as given and checked
+ * by nsa_plan_create. Errors: NSA_ERROR_NULL_POINTER. */
+NSA_API nsa_status nsa_config_init(nsa_config *cfg, int32_t num_q_heads,
+                                   int32_t num_kv_heads, int32_t head_dim_qk,
+                                   int32_t head_dim_v);
+
+/* ------------------------------------------------------------------------ */
+/* Plan                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* A validated, immutable configuration with the kernels chosen for this
+ * machine. Opaque. */
+typedef struct nsa_plan nsa_plan;
+
+/* Validates cfg and creates a plan; cfg is copied.
+ * Errors, each with a message naming the field:
+ *   NSA_ERROR_NULL_POINTER       ctx, cfg or plan is NULL (ctx NULL: no message)
+ *   NSA_ERROR_INVALID_DIMENSION  a head count, head dim, l, d, l', n, w or M <= 0
+ *   NSA_ERROR_INVALID_HEADS      num_q_heads % num_kv_heads != 0
+ *   NSA_ERROR_INVALID_BLOCKS     d does not divide l or l', or l > l'
+ *   NSA_ERROR_INVALID_SELECTION  sel_init or sel_local < 0, or
+ *                                sel_count < sel_init + sel_local
+ *   NSA_ERROR_INVALID_ARGUMENT   scale not finite and > 0, causal not 0/1,
+ *                                unknown compress kind
+ *   NSA_ERROR_SIZE_OVERFLOW      a parameter tensor's size overflows
+ *   NSA_ERROR_OUT_OF_MEMORY
+ * On failure *plan is set to NULL (when plan is not NULL).
+ * Thread safety: safe to call concurrently on one context. */
+NSA_API nsa_status nsa_plan_create(nsa_context *ctx, const nsa_config *cfg,
+                                   nsa_plan **plan);
+
+/* Releases a plan. NULL is accepted and ignored. */
+NSA_API void nsa_plan_destroy(nsa_plan *plan);
+
+/* Copies the plan's configuration into *cfg. */
+NSA_API nsa_status nsa_plan_get_config(const nsa_plan *plan, nsa_config *cfg);
+
+/* A static one-line description of the kernels and threads the plan uses,
+ * e.g. "isa=ref threads=1 gemm=openblas". Never NULL. */
+NSA_API const char *nsa_plan_describe(const nsa_plan *plan);
+
+/* ------------------------------------------------------------------------ */
+/* Inputs                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A packed batch of variable-length sequences. Sequence b occupies tokens
+ * [cu_seqlens[b], cu_seqlens[b+1]) of every tensor. Requirements:
+ * cu_seqlens[0] = 0, non-decreasing, cu_seqlens[num_seqs] = total_tokens.
+ * Zero-length sequences are valid; attention never crosses a sequence. */
+typedef struct nsa_batch {
+    int64_t num_seqs;          /* B >= 0 */
+    int64_t total_tokens;      /* T >= 0 */
+    const int64_t *cu_seqlens; /* [B + 1] */
+} nsa_batch;
+
+/* Parameters of phi for K or for V (spec section 1), D being Dk for K and
+ * Dv for V. Which pointers are used depends on the plan's compress kind:
+ *
+ *   kind       required                            must be NULL
+ *   mean       -                                   a, w, w1, w2
+ *   weighted   a  [Hkv][l]                         w, w1, w2
+ *   linear     w  [Hkv][l*D][D]                    a, w1, w2
+ *   mlp        w1 [Hkv][l*D][M], w2 [Hkv][M][D]    a, w
+ *
+ * pe [Hkv][l][D] is optional for every kind (NULL = no position encoding);
+ * vec(x + pe) flattens the l x D window row by row (token j, then channel).
+ * For the mean kind with no pe, the whole struct pointer may be NULL. */
+typedef struct nsa_compress_params {
+    const float *pe;
+    const float *a;
+    const float *w;
+    const float *w1;
+    const float *w2;
+} nsa_compress_params;
+
+/* ------------------------------------------------------------------------ */
+/* Forward                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* nsa_forward: NSA attention of a packed batch (spec sections 1-6, 9).
+ *
+ *   q      [T][Hq][Dk]     queries
+ *   k      [T][Hkv][Dk]    keys
+ *   v      [T][Hkv][Dv]    values
+ *   gates  [T][Hq][3]      (g_cmp, g_slc, g_swa), used as given
+ *   cmp_k, cmp_v           phi parameters for K and V (see above)
+ *   out    [T][Hq][Dv]     o = g_cmp o_cmp + g_slc o_slc + g_swa o_swa
+ *   block_indices_out      optional [T][Hkv][n] int32: the blocks each query
+ *                          selected (shared by the G heads of a group),
+ *                          sorted ascending, padded with -1; NULL to skip
+ *
+ * Memory: O(T) workspace, allocated inside the call; no T x T buffer.
+ * Thread safety: a plan may run on several threads at once, each with its
+ * own outputs. Inputs are only read.
+ * Errors: NSA_ERROR_NULL_POINTER (plan, batch, cu_seqlens when B > 0, a
+ * tensor when T > 0, a required phi parameter), NSA_ERROR_INVALID_DIMENSION
+ * (B or T < 0), NSA_ERROR_INVALID_SEQLENS, NSA_ERROR_INVALID_ARGUMENT (a phi
+ * parameter given that the kind does not use), NSA_ERROR_SIZE_OVERFLOW,
+ * NSA_ERROR_OUT_OF_MEMORY. Outputs are written only on NSA_SUCCESS. */
+NSA_API nsa_status nsa_forward(const nsa_plan *plan, const nsa_batch *batch,
+                               const float *q, const float *k, const float *v,
+                               const float *gates,
+                               const nsa_compress_params *cmp_k,
+                               const nsa_compress_params *cmp_v, float *out,
+                               int32_t *block_indices_out);
+
+/* nsa_forward_with_indices: as nsa_forward, but the selected branch attends
+ * to the caller's blocks instead of selecting them (as fla's kernels allow).
+ * The compressed and window branches are computed as usual.
+ *
+ *   block_indices  [T][Hkv][n] int32: block numbers local to each sequence,
+ *                  in any order, -1 for an unused slot. Each entry must be -1
+ *                  or in [0, ceil(L / l')) for its sequence of length L, with
+ *                  no block repeated within one (token, KV head). In causal
+ *                  mode keys after the query are masked, so a block starting
+ *                  after the query contributes nothing; a query with no key
+ *                  left gets o_slc = 0.
+ *
+ * Errors: as nsa_forward, plus NSA_ERROR_INVALID_INDICES naming the first
+ * offending entry. */
+NSA_API nsa_status nsa_forward_with_indices(
+    const nsa_plan *plan, const nsa_batch *batch, const float *q,
+    const float *k, const float *v, const float *gates,
+    const nsa_compress_params *cmp_k, const nsa_compress_params *cmp_v,
+    const int32_t *block_indices, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NSA_H */

@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * compress.h — phi, the compression of spec section 1, for one sequence and
+ * one KV head at a time.
+ */
+#ifndef NSA_COMPRESS_H
+#define NSA_COMPRESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "plan.h"
+
+/* Floats of scratch nsa_compress needs for a tensor of head dim `dim`. */
+size_t nsa_compress_workspace(const nsa_config *cfg, int32_t dim);
+
+/* Compressed tokens of one sequence of length len for KV head `head`:
+ * y[i][dim] (rows contiguous) = phi(x[i*d .. i*d + l - 1]) for i < C(len).
+ * x points at the sequence's first token, already offset to `head`; its rows
+ * have stride ldx. params are the checked phi parameters of this tensor
+ * (NULL allowed for mean without pe). */
+void nsa_compress(const nsa_plan *plan, const nsa_compress_params *params, int32_t dim,
+                  int32_t head, const float *x, size_t ldx, int64_t len, float *y,
+                  float *workspace);
+
+#endif /* NSA_COMPRESS_H */

@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * context.c — creating and destroying the process-lifetime state: the hwloc
+ * topology (used to size and bind the thread pool) and the settings read from
+ * the options or, failing that, from the environment (NSA_NUM_THREADS,
+ * NSA_VERBOSE). The environment is read here once, never on a hot path.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+
+void nsa_context_options_init(nsa_context_options *opts)
+{
+    if (opts == NULL)
+        return;
+    opts->num_threads = 0;
+    opts->verbose = -1;
+}
+
+/* Parses a positive integer environment variable; 0 when unset or invalid. */
+static int32_t env_positive_int(const char *name)
+{
+    const char *text = getenv(name);
+    if (text == NULL || *text == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno != 0 || *end != '\0' || value <= 0 || value > 4096)
+        return 0;
+    return (int32_t)value;
+}
+
+static int32_t count_cores(hwloc_topology_t topology)
+{
+    int cores = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE);
+    if (cores <= 0)
+        cores = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU);
+    return cores > 0 ? cores : 1;
+}
+
+nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx)
+{
+    if (ctx == NULL)
+        return NSA_ERROR_NULL_POINTER;
+    *ctx = NULL;
+    nsa_context_options defaults;
+    nsa_context_options_init(&defaults);
+    if (opts == NULL)
+        opts = &defaults;
+    if (opts->num_threads < 0)
+        return NSA_ERROR_INVALID_ARGUMENT;
+
+    nsa_context *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NSA_ERROR_OUT_OF_MEMORY;
+    if (pthread_mutex_init(&c->error_lock, NULL) != 0) {
+        free(c);
+        return NSA_ERROR_SYSTEM;
+    }
+    if (hwloc_topology_init(&c->topology) != 0 || hwloc_topology_load(c->topology) != 0) {
+        if (c->topology != NULL)
+            hwloc_topology_destroy(c->topology);
+        pthread_mutex_destroy(&c->error_lock);
+        free(c);
+        return NSA_ERROR_SYSTEM;
+    }
+
+    c->verbose = opts->verbose >= 0 ? (opts->verbose > 0) : (env_positive_int("NSA_VERBOSE") > 0);
+    c->num_threads = opts->num_threads;
+    if (c->num_threads == 0)
+        c->num_threads = env_positive_int("NSA_NUM_THREADS");
+    if (c->num_threads == 0)
+        c->num_threads = count_cores(c->topology);
+
+    nsa_log(c, "libnsa %s: context with %d threads (%d cores)", NSA_VERSION_STRING,
+            (int)c->num_threads, (int)count_cores(c->topology));
+    *ctx = c;
+    return NSA_SUCCESS;
+}
+
+void nsa_context_destroy(nsa_context *ctx)
+{
+    if (ctx == NULL)
+        return;
+    hwloc_topology_destroy(ctx->topology);
+    pthread_mutex_destroy(&ctx->error_lock);
+    free(ctx);
+}
+
+const char *nsa_context_last_error(const nsa_context *ctx)
+{
+    return ctx == NULL ? "" : ctx->last_error;
+}
+
+int32_t nsa_context_num_threads(const nsa_context *ctx)
+{
+    return ctx == NULL ? 1 : ctx->num_threads;
+}

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * context.h — the inside of nsa_context, and the two ways the library talks
+ * back: nsa_fail() records why a call failed (the per-context message users
+ * read with nsa_context_last_error) and nsa_log() prints a decision when the
+ * user asked for verbose output.
+ */
+#ifndef NSA_CONTEXT_H
+#define NSA_CONTEXT_H
+
+#include <pthread.h>
+
+#include <hwloc.h>
+
+#include "nsa.h"
+
+enum { NSA_ERROR_MESSAGE_SIZE = 512 };
+
+struct nsa_context {
+    hwloc_topology_t topology;
+    int32_t num_threads;
+    int32_t verbose;
+    /* Guards last_error: several threads may fail on one context at once. */
+    pthread_mutex_t error_lock;
+    char last_error[NSA_ERROR_MESSAGE_SIZE];
+};
+
+/* Records a printf-style message on ctx (which may be NULL) and returns
+ * status, so error paths read `return nsa_fail(ctx, NSA_ERROR_..., "...")`. */
+nsa_status nsa_fail(nsa_context *ctx, nsa_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prints "nsa: <message>" to stderr when ctx is verbose. */
+void nsa_log(const nsa_context *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif /* NSA_CONTEXT_H */

@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * gemm.h — the one matrix-multiply entry point of the library, used where a
+ * real GEMM fits (the linear and mlp compression). Backed by OpenBLAS when
+ * configured with it, else by a plain C loop.
+ */
+#ifndef NSA_GEMM_H
+#define NSA_GEMM_H
+
+#include <stddef.h>
+
+/* Row-major, no transposes: C[m][n] = A[m][k] . B[k][n] + beta C.
+ * lda, ldb, ldc are row strides in elements. */
+void nsa_sgemm(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b,
+               size_t ldb, float beta, float *c, size_t ldc);
+
+/* "openblas" or "plain C", for descriptions. */
+const char *nsa_gemm_backend(void);
+
+#endif /* NSA_GEMM_H */

@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * select.h — block importance (spec section 3, paper Eq. 9-10) and top-n
+ * selection with forced initial and local blocks.
+ */
+#ifndef NSA_SELECT_H
+#define NSA_SELECT_H
+
+#include <stdint.h>
+
+#include "nsa.h"
+
+/* score[J], J < num_blocks, from p_sum[i] = sum over the G heads of the
+ * compressed-branch probability of compressed token i (i < nc): each
+ * compressed token adds p_sum[i] * |window_i ∩ block_J| / d to the (at most
+ * two) blocks its window overlaps. score is overwritten. */
+void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, float *score,
+                      int64_t num_blocks);
+
+/* Chooses min(n, num_candidates) blocks for a query in block query_block:
+ * the forced ones (J < n_init, query_block - n_local < J <= query_block),
+ * then the rest by descending score, ties to the lower index. Writes n
+ * entries to selected, ascending, padded with -1; returns how many are
+ * real. */
+int32_t nsa_select_blocks(const nsa_config *cfg, const float *score, int64_t num_candidates,
+                          int64_t query_block, int32_t *selected);
+
+/* Sorts count block indices ascending (count is at most n, a few dozen). */
+void nsa_sort_blocks(int32_t *blocks, int32_t count);
+
+#endif /* NSA_SELECT_H */
