@@ -100,17 +100,23 @@ typedef struct nsa_context_options {
     /* Worker threads used by each call. 0 = the NSA_NUM_THREADS environment
      * variable if set, else one per core. */
     int32_t num_threads;
+    /* 1 = bind each worker thread to its own core with hwloc (the calling
+     * thread, which works too, is never rebound); 0 = leave placement to the
+     * OS. */
+    int32_t bind_threads;
     /* 1 = print one line per decision (kernel choice, thread count) to
      * stderr; 0 = silent; -1 = the NSA_VERBOSE environment variable. */
     int32_t verbose;
 } nsa_context_options;
 
-/* Fills opts with the defaults: num_threads = 0, verbose = -1. */
+/* Fills opts with the defaults: num_threads = 0, bind_threads = 1,
+ * verbose = -1. */
 NSA_API void nsa_context_options_init(nsa_context_options *opts);
 
 /* Creates a context. opts may be NULL for the defaults.
  * Errors: NSA_ERROR_NULL_POINTER (ctx), NSA_ERROR_INVALID_ARGUMENT (negative
- * num_threads), NSA_ERROR_SYSTEM (hwloc could not read the topology),
+ * num_threads, bind_threads not 0 or 1), NSA_ERROR_SYSTEM (hwloc could not
+ * read the topology, or a thread could not be started),
  * NSA_ERROR_OUT_OF_MEMORY. On failure *ctx is set to NULL. */
 NSA_API nsa_status nsa_context_create(const nsa_context_options *opts,
                                       nsa_context **ctx);
@@ -255,8 +261,11 @@ typedef struct nsa_compress_params {
  *                          sorted ascending, padded with -1; NULL to skip
  *
  * Memory: O(T) workspace, allocated inside the call; no T x T buffer.
+ * Threads: the call runs on the context's worker threads; the result is
+ * bitwise the same for every thread count.
  * Thread safety: a plan may run on several threads at once, each with its
- * own outputs. Inputs are only read.
+ * own outputs (calls sharing a context take turns on its workers). Inputs
+ * are only read.
  * Errors: NSA_ERROR_NULL_POINTER (plan, batch, cu_seqlens when B > 0, a
  * tensor when T > 0, a required phi parameter), NSA_ERROR_INVALID_DIMENSION
  * (B or T < 0), NSA_ERROR_INVALID_SEQLENS, NSA_ERROR_INVALID_ARGUMENT (a phi

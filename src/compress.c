@@ -13,7 +13,6 @@
 
 #include "compress.h"
 #include "gemm.h"
-#include "geometry.h"
 
 /* Compressed tokens produced per GEMM pass; bounds the mlp's hidden buffer. */
 enum { COMPRESS_CHUNK = 128 };
@@ -109,12 +108,13 @@ static void compress_matrix(const nsa_plan *plan, const nsa_compress_params *par
 }
 
 void nsa_compress(const nsa_plan *plan, const nsa_compress_params *params, int32_t dim,
-                  int32_t head, const float *x, size_t ldx, int64_t len, float *y,
-                  float *workspace)
+                  int32_t head, const float *x, size_t ldx, int64_t first, int64_t count,
+                  float *y, float *workspace)
 {
-    int64_t nc = nsa_num_compressed(&plan->cfg, len);
-    if (nc == 0)
+    if (count <= 0)
         return;
+    x += (size_t)(first * plan->cfg.cmp_stride) * ldx;
+    int64_t nc = count;
     switch (plan->cfg.compress) {
     case NSA_COMPRESS_MEAN:
     case NSA_COMPRESS_WEIGHTED:

@@ -14,13 +14,14 @@
 /* Floats of scratch nsa_compress needs for a tensor of head dim `dim`. */
 size_t nsa_compress_workspace(const nsa_config *cfg, int32_t dim);
 
-/* Compressed tokens of one sequence of length len for KV head `head`:
- * y[i][dim] (rows contiguous) = phi(x[i*d .. i*d + l - 1]) for i < C(len).
+/* Compressed tokens first .. first + count - 1 of one sequence for KV head
+ * `head`: y[i - first][dim] (rows contiguous) = phi(x[i*d .. i*d + l - 1]).
  * x points at the sequence's first token, already offset to `head`; its rows
- * have stride ldx. params are the checked phi parameters of this tensor
- * (NULL allowed for mean without pe). */
+ * have stride ldx, and every window read must lie inside the sequence.
+ * params are the checked phi parameters of this tensor (NULL allowed for
+ * mean without pe). workspace holds nsa_compress_workspace() floats. */
 void nsa_compress(const nsa_plan *plan, const nsa_compress_params *params, int32_t dim,
-                  int32_t head, const float *x, size_t ldx, int64_t len, float *y,
-                  float *workspace);
+                  int32_t head, const float *x, size_t ldx, int64_t first, int64_t count,
+                  float *y, float *workspace);
 
 #endif /* NSA_COMPRESS_H */

@@ -16,6 +16,7 @@ void nsa_context_options_init(nsa_context_options *opts)
     if (opts == NULL)
         return;
     opts->num_threads = 0;
+    opts->bind_threads = 1;
     opts->verbose = -1;
 }
 
@@ -50,7 +51,7 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     nsa_context_options_init(&defaults);
     if (opts == NULL)
         opts = &defaults;
-    if (opts->num_threads < 0)
+    if (opts->num_threads < 0 || (opts->bind_threads != 0 && opts->bind_threads != 1))
         return NSA_ERROR_INVALID_ARGUMENT;
 
     nsa_context *c = calloc(1, sizeof *c);
@@ -75,8 +76,14 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     if (c->num_threads == 0)
         c->num_threads = count_cores(c->topology);
 
-    nsa_log(c, "libnsa %s: context with %d threads (%d cores)", NSA_VERSION_STRING,
-            (int)c->num_threads, (int)count_cores(c->topology));
+    nsa_status status = nsa_pool_create(c->topology, c->num_threads, opts->bind_threads, &c->pool);
+    if (status != NSA_SUCCESS) {
+        nsa_context_destroy(c);
+        return status;
+    }
+    nsa_log(c, "libnsa %s: context with %d threads (%d cores), %s", NSA_VERSION_STRING,
+            (int)c->num_threads, (int)count_cores(c->topology),
+            opts->bind_threads ? "bound to cores" : "unbound");
     *ctx = c;
     return NSA_SUCCESS;
 }
@@ -85,6 +92,7 @@ void nsa_context_destroy(nsa_context *ctx)
 {
     if (ctx == NULL)
         return;
+    nsa_pool_destroy(ctx->pool);
     hwloc_topology_destroy(ctx->topology);
     pthread_mutex_destroy(&ctx->error_lock);
     free(ctx);

@@ -13,6 +13,7 @@
 #include <hwloc.h>
 
 #include "nsa.h"
+#include "threads.h"
 
 enum { NSA_ERROR_MESSAGE_SIZE = 512 };
 
@@ -20,6 +21,7 @@ struct nsa_context {
     hwloc_topology_t topology;
     int32_t num_threads;
     int32_t verbose;
+    nsa_pool *pool; /* num_threads workers, the caller included */
     /* Guards last_error: several threads may fail on one context at once. */
     pthread_mutex_t error_lock;
     char last_error[NSA_ERROR_MESSAGE_SIZE];

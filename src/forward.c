@@ -13,25 +13,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checked.h"
 #include "compress.h"
+#include "forward.h"
 #include "geometry.h"
 #include "plan.h"
 #include "select.h"
+#include "threads.h"
 
-/* The batch, inputs and outputs of one call, after validation. */
-typedef struct forward_call {
-    const nsa_plan *plan;
-    const nsa_batch *batch;
-    const float *q, *k, *v, *gates;
-    const nsa_compress_params *cmp_k, *cmp_v;
-    const int32_t *given_indices; /* caller's blocks, or NULL to select */
-    float *out;
-    int32_t *indices_out; /* optional */
-    int64_t max_len;      /* longest sequence */
-    int64_t total_compressed;
-    float *kc, *vc; /* [Hkv][total_compressed][D] */
-} forward_call;
+/* One call in flight: the checked arguments, the compressed K/V of the
+ * batch, the work items of both phases and each worker's scratch. */
+typedef struct forward_run {
+    forward_call call;
+    int64_t *c_offset;        /* [B + 1]: first compressed token of each sequence */
+    float *kc, *vc;           /* [Hkv][total_compressed][Dk or Dv] */
+    struct work_item *items;  /* the current phase's items */
+    nsa_work_queue queue;
+    float **scratch;          /* [num_workers] blocks of scratch_floats */
+    size_t scratch_floats;
+} forward_run;
+
+/* A unit of work: compressed tokens [first, first + count) of one sequence,
+ * head and tensor (phase 1), or queries [first, first + count) of one
+ * sequence and KV head (phase 2). */
+typedef struct work_item {
+    int32_t seq, head, tensor;
+    int64_t first, count;
+    int64_t cost; /* phase 2 ordering: most expensive first */
+} work_item;
+
+enum { COMPRESS_ITEM_TOKENS = 256, ATTEND_ITEM_QUERIES = 16 };
 
 /* Per-query scratch, sized for the longest sequence. */
 typedef struct query_scratch {
@@ -44,253 +54,6 @@ typedef struct query_scratch {
     float *swa_acc, *swa_max, *swa_sum;
     size_t ldp;
 } query_scratch;
-
-/* ----------------------------------------------------------- validation -- */
-
-static nsa_status check_batch(const nsa_plan *plan, const nsa_batch *batch, int64_t *max_len)
-{
-    nsa_context *ctx = plan->ctx;
-    if (batch == NULL)
-        return nsa_fail(ctx, NSA_ERROR_NULL_POINTER, "batch is NULL");
-    if (batch->num_seqs < 0 || batch->total_tokens < 0)
-        return nsa_fail(ctx, NSA_ERROR_INVALID_DIMENSION,
-                        "batch has num_seqs = %lld and total_tokens = %lld; neither may be "
-                        "negative",
-                        (long long)batch->num_seqs, (long long)batch->total_tokens);
-    const int64_t *cu = batch->cu_seqlens;
-    if (cu == NULL) {
-        if (batch->num_seqs > 0 || batch->total_tokens > 0)
-            return nsa_fail(ctx, NSA_ERROR_NULL_POINTER,
-                            "batch->cu_seqlens is NULL but num_seqs = %lld",
-                            (long long)batch->num_seqs);
-        *max_len = 0;
-        return NSA_SUCCESS;
-    }
-    if (cu[0] != 0)
-        return nsa_fail(ctx, NSA_ERROR_INVALID_SEQLENS, "cu_seqlens[0] is %lld but must be 0",
-                        (long long)cu[0]);
-    *max_len = 0;
-    for (int64_t b = 0; b < batch->num_seqs; b++) {
-        if (cu[b + 1] < cu[b])
-            return nsa_fail(ctx, NSA_ERROR_INVALID_SEQLENS,
-                            "cu_seqlens[%lld] = %lld is smaller than cu_seqlens[%lld] = %lld",
-                            (long long)(b + 1), (long long)cu[b + 1], (long long)b,
-                            (long long)cu[b]);
-        if (cu[b + 1] - cu[b] > *max_len)
-            *max_len = cu[b + 1] - cu[b];
-    }
-    if (cu[batch->num_seqs] != batch->total_tokens)
-        return nsa_fail(ctx, NSA_ERROR_INVALID_SEQLENS,
-                        "cu_seqlens[%lld] = %lld but total_tokens = %lld",
-                        (long long)batch->num_seqs, (long long)cu[batch->num_seqs],
-                        (long long)batch->total_tokens);
-    return NSA_SUCCESS;
-}
-
-/* Every tensor the call reads or writes must be addressable in bytes. */
-static nsa_status check_sizes(const nsa_plan *plan, int64_t tokens)
-{
-    const nsa_config *cfg = &plan->cfg;
-    const int64_t rows[] = {cfg->num_q_heads, cfg->num_kv_heads};
-    const int64_t cols[] = {cfg->head_dim_qk, cfg->head_dim_v, 3, cfg->sel_count};
-    for (size_t r = 0; r < 2; r++) {
-        for (size_t c = 0; c < 4; c++) {
-            int64_t count;
-            size_t bytes;
-            if (!nsa_checked_mul3(tokens, rows[r], cols[c], &count) ||
-                !nsa_checked_bytes(count, sizeof(float), &bytes))
-                return nsa_fail(plan->ctx, NSA_ERROR_SIZE_OVERFLOW,
-                                "total_tokens = %lld with %lld heads of %lld values is too "
-                                "large to address",
-                                (long long)tokens, (long long)rows[r], (long long)cols[c]);
-        }
-    }
-    return NSA_SUCCESS;
-}
-
-static nsa_status check_tensors(const forward_call *call)
-{
-    const struct {
-        const char *name;
-        const void *ptr;
-    } tensors[] = {{"q", call->q}, {"k", call->k}, {"v", call->v}, {"gates", call->gates},
-                   {"out", call->out}, {"block_indices", call->given_indices}};
-    size_t count = sizeof tensors / sizeof tensors[0] - (call->given_indices == NULL);
-    if (call->batch->total_tokens == 0)
-        return NSA_SUCCESS;
-    for (size_t i = 0; i < count; i++)
-        if (tensors[i].ptr == NULL)
-            return nsa_fail(call->plan->ctx, NSA_ERROR_NULL_POINTER, "%s is NULL",
-                            tensors[i].name);
-    return NSA_SUCCESS;
-}
-
-/* phi's parameters: exactly those the kind uses (see nsa_compress_params). */
-static nsa_status check_compress_params(const nsa_plan *plan, const nsa_compress_params *params,
-                                        const char *name)
-{
-    const nsa_compress_kind kind = plan->cfg.compress;
-    static const char *const kind_names[] = {"mean", "weighted", "linear", "mlp"};
-    const struct {
-        const char *field;
-        const float *ptr;
-        int needed;
-    } fields[] = {
-        {"a", params ? params->a : NULL, kind == NSA_COMPRESS_WEIGHTED},
-        {"w", params ? params->w : NULL, kind == NSA_COMPRESS_LINEAR},
-        {"w1", params ? params->w1 : NULL, kind == NSA_COMPRESS_MLP},
-        {"w2", params ? params->w2 : NULL, kind == NSA_COMPRESS_MLP},
-    };
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        if (fields[i].needed && fields[i].ptr == NULL)
-            return nsa_fail(plan->ctx, NSA_ERROR_NULL_POINTER,
-                            "%s%s is NULL but %s compression needs it", name,
-                            fields[i].field, kind_names[kind]);
-        if (!fields[i].needed && fields[i].ptr != NULL)
-            return nsa_fail(plan->ctx, NSA_ERROR_INVALID_ARGUMENT,
-                            "%s%s is set but %s compression does not use it", name,
-                            fields[i].field, kind_names[kind]);
-    }
-    return NSA_SUCCESS;
-}
-
-/* Caller-given blocks: -1 or a block of the query's own sequence, no block
- * twice for one (token, KV head). */
-static nsa_status check_given_indices(const forward_call *call)
-{
-    const nsa_config *cfg = &call->plan->cfg;
-    const int64_t n = cfg->sel_count, hkv = cfg->num_kv_heads;
-    const int64_t *cu = call->batch->cu_seqlens;
-    for (int64_t b = 0; b < call->batch->num_seqs; b++) {
-        int64_t blocks = nsa_num_blocks(cfg, cu[b + 1] - cu[b]);
-        for (int64_t tok = cu[b]; tok < cu[b + 1]; tok++) {
-            for (int64_t h = 0; h < hkv; h++) {
-                const int32_t *row = call->given_indices + (tok * hkv + h) * n;
-                for (int64_t s = 0; s < n; s++) {
-                    int32_t j = row[s];
-                    const char *problem = NULL;
-                    if (j < -1 || j >= blocks)
-                        problem = "out of range";
-                    for (int64_t r = 0; problem == NULL && j >= 0 && r < s; r++)
-                        if (row[r] == j)
-                            problem = "repeated";
-                    if (problem != NULL)
-                        return nsa_fail(call->plan->ctx, NSA_ERROR_INVALID_INDICES,
-                                        "block_indices[token %lld][kv head %lld][slot %lld] = %d "
-                                        "is %s: sequence %lld has length %lld, so blocks 0..%lld "
-                                        "(or -1)",
-                                        (long long)tok, (long long)h, (long long)s, (int)j,
-                                        problem, (long long)b, (long long)(cu[b + 1] - cu[b]),
-                                        (long long)(blocks - 1));
-                }
-            }
-        }
-    }
-    return NSA_SUCCESS;
-}
-
-static nsa_status check_call(forward_call *call)
-{
-    const nsa_plan *plan = call->plan;
-    nsa_status status = check_batch(plan, call->batch, &call->max_len);
-    if (status == NSA_SUCCESS)
-        status = check_sizes(plan, call->batch->total_tokens);
-    if (status == NSA_SUCCESS)
-        status = check_tensors(call);
-    if (status == NSA_SUCCESS)
-        status = check_compress_params(plan, call->cmp_k, "cmp_k->");
-    if (status == NSA_SUCCESS)
-        status = check_compress_params(plan, call->cmp_v, "cmp_v->");
-    if (status == NSA_SUCCESS && call->given_indices != NULL)
-        status = check_given_indices(call);
-    return status;
-}
-
-/* ---------------------------------------------------------- compression -- */
-
-static nsa_status compress_batch(forward_call *call)
-{
-    const nsa_plan *plan = call->plan;
-    const nsa_config *cfg = &plan->cfg;
-    const int64_t *cu = call->batch->cu_seqlens;
-    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
-
-    call->total_compressed = 0;
-    for (int64_t b = 0; b < call->batch->num_seqs; b++)
-        call->total_compressed += nsa_num_compressed(cfg, cu[b + 1] - cu[b]);
-    if (call->total_compressed == 0)
-        return NSA_SUCCESS;
-
-    /* total_compressed <= T, and check_sizes proved T * Hkv * D fits. */
-    size_t kc_bytes = (size_t)(hkv * call->total_compressed * dk) * sizeof(float);
-    size_t vc_bytes = (size_t)(hkv * call->total_compressed * dv) * sizeof(float);
-    size_t work_k = nsa_compress_workspace(cfg, cfg->head_dim_qk);
-    size_t work_v = nsa_compress_workspace(cfg, cfg->head_dim_v);
-    float *work = malloc((work_k > work_v ? work_k : work_v) * sizeof(float));
-    call->kc = malloc(kc_bytes);
-    call->vc = malloc(vc_bytes);
-    if (work == NULL || call->kc == NULL || call->vc == NULL) {
-        free(work);
-        return nsa_fail(plan->ctx, NSA_ERROR_OUT_OF_MEMORY,
-                        "no memory for the %lld compressed tokens of the batch",
-                        (long long)call->total_compressed);
-    }
-
-    int64_t offset = 0;
-    for (int64_t b = 0; b < call->batch->num_seqs; b++) {
-        int64_t len = cu[b + 1] - cu[b];
-        for (int64_t h = 0; h < hkv; h++) {
-            float *kc = call->kc + (size_t)((h * call->total_compressed + offset) * dk);
-            float *vc = call->vc + (size_t)((h * call->total_compressed + offset) * dv);
-            nsa_compress(plan, call->cmp_k, cfg->head_dim_qk, (int32_t)h,
-                         call->k + (size_t)((cu[b] * hkv + h) * dk), (size_t)(hkv * dk), len, kc,
-                         work);
-            nsa_compress(plan, call->cmp_v, cfg->head_dim_v, (int32_t)h,
-                         call->v + (size_t)((cu[b] * hkv + h) * dv), (size_t)(hkv * dv), len, vc,
-                         work);
-        }
-        offset += nsa_num_compressed(cfg, len);
-    }
-    free(work);
-    return NSA_SUCCESS;
-}
-
-/* ------------------------------------------------------------ attention -- */
-
-static nsa_status scratch_alloc(const forward_call *call, query_scratch *s, void **block)
-{
-    const nsa_config *cfg = &call->plan->cfg;
-    const size_t g = (size_t)call->plan->group_size, dv = (size_t)cfg->head_dim_v;
-    const size_t max_c = (size_t)nsa_num_compressed(cfg, call->max_len) + 1;
-    const size_t max_blocks = (size_t)nsa_num_blocks(cfg, call->max_len) + 1;
-    const size_t floats = g * max_c + max_c + max_blocks + 3 * g * dv + 4 * g;
-    const size_t bytes = floats * sizeof(float) + (size_t)cfg->sel_count * sizeof(int32_t);
-    float *f = malloc(bytes);
-    *block = f;
-    if (f == NULL)
-        return nsa_fail(call->plan->ctx, NSA_ERROR_OUT_OF_MEMORY,
-                        "no memory for %zu bytes of attention scratch", bytes);
-    s->ldp = max_c;
-    s->p = f;
-    f += g * max_c;
-    s->p_sum = f;
-    f += max_c;
-    s->score = f;
-    f += max_blocks;
-    s->o_cmp = f;
-    f += g * dv;
-    s->slc_acc = f;
-    f += g * dv;
-    s->swa_acc = f;
-    f += g * dv;
-    s->slc_max = f;
-    s->slc_sum = f + g;
-    s->swa_max = f + 2 * g;
-    s->swa_sum = f + 3 * g;
-    f += 4 * g;
-    s->blocks = (int32_t *)f;
-    return NSA_SUCCESS;
-}
 
 static void softmax_state_reset(size_t g, size_t dv, float *row_max, float *row_sum, float *acc)
 {
@@ -327,9 +90,10 @@ static void choose_blocks(const forward_call *call, int64_t token, int64_t t, in
 }
 
 /* All three branches and the gate mix for query t of one sequence, KV head h. */
-static void attend_query(const forward_call *call, int64_t seq_start, int64_t len,
+static void attend_query(const forward_run *run, int64_t seq_start, int64_t len,
                          int64_t c_offset, int64_t h, int64_t t, query_scratch *s)
 {
+    const forward_call *call = &run->call;
     const nsa_plan *plan = call->plan;
     const nsa_config *cfg = &plan->cfg;
     const nsa_ukernels *uk = &plan->kernels;
@@ -346,9 +110,10 @@ static void attend_query(const forward_call *call, int64_t seq_start, int64_t le
     /* Compressed branch (spec section 2). */
     int64_t nc = nsa_visible_compressed(cfg, t, len);
     if (nc > 0) {
-        const size_t c0 = (size_t)h * (size_t)call->total_compressed + (size_t)c_offset;
-        uk->cmp_probs(g, (size_t)nc, dk, cfg->scale, q, dk, call->kc + c0 * dk, dk, s->p, s->ldp);
-        uk->prob_v(g, (size_t)nc, dv, s->p, s->ldp, call->vc + c0 * dv, dv, s->o_cmp);
+        const int64_t total = run->c_offset[call->batch->num_seqs];
+        const size_t c0 = (size_t)(h * total + c_offset);
+        uk->cmp_probs(g, (size_t)nc, dk, cfg->scale, q, dk, run->kc + c0 * dk, dk, s->p, s->ldp);
+        uk->prob_v(g, (size_t)nc, dv, s->p, s->ldp, run->vc + c0 * dv, dv, s->o_cmp);
     } else {
         memset(s->o_cmp, 0, g * dv * sizeof *s->o_cmp);
     }
@@ -385,42 +150,225 @@ static void attend_query(const forward_call *call, int64_t seq_start, int64_t le
                  s->swa_acc, s->swa_sum, call->out + first_row * dv);
 }
 
-static nsa_status attend_batch(const forward_call *call)
+/* ------------------------------------------------------------- phase 1 -- */
+
+/* Compressed K and V of the whole batch, in items of COMPRESS_ITEM_TOKENS
+ * compressed tokens per (sequence, head, tensor). */
+static void compress_worker(void *arg, int32_t worker, int32_t num_workers)
 {
-    query_scratch scratch = {0};
-    void *block = NULL;
-    nsa_status status = scratch_alloc(call, &scratch, &block);
-    if (status != NSA_SUCCESS)
-        return status;
+    forward_run *run = arg;
+    const forward_call *call = &run->call;
     const nsa_config *cfg = &call->plan->cfg;
-    const int64_t *cu = call->batch->cu_seqlens;
-    int64_t c_offset = 0;
-    for (int64_t b = 0; b < call->batch->num_seqs; b++) {
-        int64_t len = cu[b + 1] - cu[b];
-        for (int64_t h = 0; h < cfg->num_kv_heads; h++)
-            for (int64_t t = 0; t < len; t++)
-                attend_query(call, cu[b], len, c_offset, h, t, &scratch);
-        c_offset += nsa_num_compressed(cfg, len);
+    const int64_t hkv = cfg->num_kv_heads, total = run->c_offset[call->batch->num_seqs];
+    float *work = run->scratch[worker];
+    (void)num_workers;
+    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
+        const work_item *item = &run->items[i];
+        const int64_t start = call->batch->cu_seqlens[item->seq];
+        const int64_t dim = item->tensor == 0 ? cfg->head_dim_qk : cfg->head_dim_v;
+        const float *x = item->tensor == 0 ? call->k : call->v;
+        float *y = item->tensor == 0 ? run->kc : run->vc;
+        y += (size_t)((item->head * total + run->c_offset[item->seq] + item->first) * dim);
+        nsa_compress(call->plan, item->tensor == 0 ? call->cmp_k : call->cmp_v, (int32_t)dim,
+                     item->head, x + (size_t)((start * hkv + item->head) * dim),
+                     (size_t)(hkv * dim), item->first, item->count, y, work);
     }
-    free(block);
+}
+
+static int64_t compress_items(const forward_run *run, work_item *items)
+{
+    const int64_t B = run->call.batch->num_seqs, hkv = run->call.plan->cfg.num_kv_heads;
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
+        for (int64_t first = 0; first < nc; first += COMPRESS_ITEM_TOKENS)
+            for (int32_t h = 0; h < hkv; h++)
+                for (int32_t tensor = 0; tensor < 2; tensor++) {
+                    if (items != NULL)
+                        items[n] = (work_item){.seq = (int32_t)b, .head = h, .tensor = tensor,
+                                               .first = first,
+                                               .count = nc - first < COMPRESS_ITEM_TOKENS
+                                                            ? nc - first
+                                                            : COMPRESS_ITEM_TOKENS};
+                    n++;
+                }
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------- phase 2 -- */
+
+static void scratch_carve(const forward_run *run, float *f, query_scratch *s)
+{
+    const nsa_config *cfg = &run->call.plan->cfg;
+    const size_t g = (size_t)run->call.plan->group_size, dv = (size_t)cfg->head_dim_v;
+    const size_t max_c = (size_t)nsa_num_compressed(cfg, run->call.max_len) + 1;
+    const size_t max_blocks = (size_t)nsa_num_blocks(cfg, run->call.max_len) + 1;
+    s->ldp = max_c;
+    s->p = f;
+    s->p_sum = s->p + g * max_c;
+    s->score = s->p_sum + max_c;
+    s->o_cmp = s->score + max_blocks;
+    s->slc_acc = s->o_cmp + g * dv;
+    s->swa_acc = s->slc_acc + g * dv;
+    s->slc_max = s->swa_acc + g * dv;
+    s->slc_sum = s->slc_max + g;
+    s->swa_max = s->slc_sum + g;
+    s->swa_sum = s->swa_max + g;
+    s->blocks = (int32_t *)(s->swa_sum + g);
+}
+
+static size_t attend_scratch_floats(const forward_run *run)
+{
+    const nsa_config *cfg = &run->call.plan->cfg;
+    const size_t g = (size_t)run->call.plan->group_size, dv = (size_t)cfg->head_dim_v;
+    const size_t max_c = (size_t)nsa_num_compressed(cfg, run->call.max_len) + 1;
+    const size_t max_blocks = (size_t)nsa_num_blocks(cfg, run->call.max_len) + 1;
+    return g * max_c + max_c + max_blocks + 3 * g * dv + 4 * g + (size_t)cfg->sel_count;
+}
+
+static void attend_worker(void *arg, int32_t worker, int32_t num_workers)
+{
+    forward_run *run = arg;
+    const int64_t *cu = run->call.batch->cu_seqlens;
+    query_scratch scratch;
+    scratch_carve(run, run->scratch[worker], &scratch);
+    (void)num_workers;
+    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
+        const work_item *item = &run->items[i];
+        const int64_t len = cu[item->seq + 1] - cu[item->seq];
+        for (int64_t t = item->first; t < item->first + item->count; t++)
+            attend_query(run, cu[item->seq], len, run->c_offset[item->seq], item->head, t,
+                         &scratch);
+    }
+}
+
+/* Keys a query at position t attends to, roughly: the cost of its work. */
+static int64_t query_cost(const nsa_config *cfg, int64_t t, int64_t len)
+{
+    int64_t seen = cfg->causal ? t + 1 : len;
+    int64_t selected = (int64_t)cfg->sel_count * cfg->sel_block;
+    return nsa_visible_compressed(cfg, t, len) + (seen < selected ? seen : selected) +
+           (seen < cfg->window ? seen : cfg->window);
+}
+
+static int64_t attend_items(const forward_run *run, work_item *items)
+{
+    const nsa_config *cfg = &run->call.plan->cfg;
+    const int64_t *cu = run->call.batch->cu_seqlens;
+    int64_t n = 0;
+    for (int64_t b = 0; b < run->call.batch->num_seqs; b++) {
+        int64_t len = cu[b + 1] - cu[b];
+        for (int64_t first = 0; first < len; first += ATTEND_ITEM_QUERIES) {
+            int64_t count = len - first < ATTEND_ITEM_QUERIES ? len - first : ATTEND_ITEM_QUERIES;
+            for (int32_t h = 0; h < cfg->num_kv_heads; h++) {
+                if (items != NULL)
+                    items[n] = (work_item){.seq = (int32_t)b, .head = h, .first = first,
+                                           .count = count,
+                                           .cost = query_cost(cfg, first + count - 1, len)};
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
+/* Longest items first, so the causal triangle's expensive tail does not
+ * end up alone on one worker. Ties keep their order (deterministic). */
+static int compare_cost_descending(const void *a, const void *b)
+{
+    const work_item *x = a, *y = b;
+    if (x->cost != y->cost)
+        return x->cost > y->cost ? -1 : 1;
+    if (x->seq != y->seq)
+        return x->seq < y->seq ? -1 : 1;
+    if (x->first != y->first)
+        return x->first < y->first ? -1 : 1;
+    return (x->head > y->head) - (x->head < y->head);
+}
+
+/* ---------------------------------------------------------------- driver -- */
+
+static void run_free(forward_run *run, int32_t workers)
+{
+    if (run->scratch != NULL)
+        for (int32_t w = 0; w < workers; w++)
+            free(run->scratch[w]);
+    free(run->scratch);
+    free(run->items);
+    free(run->kc);
+    free(run->vc);
+    free(run->c_offset);
+}
+
+/* Everything both phases need, allocated before any output is written so an
+ * allocation failure leaves the outputs untouched. Scratch is only
+ * allocated here; each worker touches its own first, which places it on
+ * the worker's NUMA node. */
+static nsa_status run_alloc(forward_run *run, int32_t workers)
+{
+    const forward_call *call = &run->call;
+    const nsa_config *cfg = &call->plan->cfg;
+    const int64_t B = call->batch->num_seqs, hkv = cfg->num_kv_heads;
+    run->c_offset = malloc((size_t)(B + 1) * sizeof *run->c_offset);
+    if (run->c_offset == NULL)
+        return NSA_ERROR_OUT_OF_MEMORY;
+    run->c_offset[0] = 0;
+    for (int64_t b = 0; b < B; b++)
+        run->c_offset[b + 1] =
+            run->c_offset[b] +
+            nsa_num_compressed(cfg, call->batch->cu_seqlens[b + 1] - call->batch->cu_seqlens[b]);
+    /* total compressed <= T, and the checks proved T * Hkv * D fits. */
+    const size_t total = (size_t)run->c_offset[B];
+    run->kc = malloc(total * (size_t)(hkv * cfg->head_dim_qk) * sizeof(float) + 1);
+    run->vc = malloc(total * (size_t)(hkv * cfg->head_dim_v) * sizeof(float) + 1);
+
+    int64_t n1 = compress_items(run, NULL), n2 = attend_items(run, NULL);
+    run->items = malloc((size_t)(n1 > n2 ? n1 : n2) * sizeof *run->items + 1);
+
+    size_t work_k = nsa_compress_workspace(cfg, cfg->head_dim_qk);
+    size_t work_v = nsa_compress_workspace(cfg, cfg->head_dim_v);
+    run->scratch_floats = attend_scratch_floats(run);
+    if (work_k > run->scratch_floats)
+        run->scratch_floats = work_k;
+    if (work_v > run->scratch_floats)
+        run->scratch_floats = work_v;
+    run->scratch = calloc((size_t)workers, sizeof *run->scratch);
+    if (run->kc == NULL || run->vc == NULL || run->items == NULL || run->scratch == NULL)
+        return NSA_ERROR_OUT_OF_MEMORY;
+    for (int32_t w = 0; w < workers; w++)
+        if ((run->scratch[w] = malloc(run->scratch_floats * sizeof(float))) == NULL)
+            return NSA_ERROR_OUT_OF_MEMORY;
     return NSA_SUCCESS;
 }
 
-/* ---------------------------------------------------------- entry points -- */
-
-static nsa_status run_forward(forward_call *call)
+static nsa_status run_forward(const forward_call *call)
 {
     if (call->plan == NULL)
         return NSA_ERROR_NULL_POINTER;
-    nsa_status status = check_call(call);
+    forward_run run = {.call = *call};
+    nsa_status status = nsa_forward_check(&run.call);
     if (status != NSA_SUCCESS || call->batch->total_tokens == 0)
         return status;
-    status = compress_batch(call);
-    if (status == NSA_SUCCESS)
-        status = attend_batch(call);
-    free(call->kc);
-    free(call->vc);
-    return status;
+    nsa_context *ctx = call->plan->ctx;
+    const int32_t workers = ctx->num_threads;
+    status = run_alloc(&run, workers);
+    if (status != NSA_SUCCESS) {
+        run_free(&run, workers);
+        return nsa_fail(ctx, status, "no memory for the workspace of %lld tokens",
+                        (long long)call->batch->total_tokens);
+    }
+
+    nsa_work_queue_init(&run.queue, compress_items(&run, run.items));
+    nsa_pool_run(ctx->pool, compress_worker, &run);
+
+    int64_t n = attend_items(&run, run.items);
+    qsort(run.items, (size_t)n, sizeof *run.items, compare_cost_descending);
+    nsa_work_queue_init(&run.queue, n);
+    nsa_pool_run(ctx->pool, attend_worker, &run);
+
+    run_free(&run, workers);
+    return NSA_SUCCESS;
 }
 
 nsa_status nsa_forward(const nsa_plan *plan, const nsa_batch *batch, const float *q,

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * forward.h — one forward call as the pipeline sees it, and the argument
+ * checks that run before any of it (forward_args.c).
+ */
+#ifndef NSA_FORWARD_H
+#define NSA_FORWARD_H
+
+#include "plan.h"
+
+/* The batch, inputs and outputs of one call. */
+typedef struct forward_call {
+    const nsa_plan *plan;
+    const nsa_batch *batch;
+    const float *q, *k, *v, *gates;
+    const nsa_compress_params *cmp_k, *cmp_v;
+    const int32_t *given_indices; /* caller's blocks, or NULL to select */
+    float *out;
+    int32_t *indices_out; /* optional */
+    int64_t max_len;      /* longest sequence, set by the checks */
+} forward_call;
+
+/* Checks every argument of the call (plan already non-NULL) and sets
+ * max_len; on failure records a message naming the argument. */
+nsa_status nsa_forward_check(forward_call *call);
+
+#endif /* NSA_FORWARD_H */

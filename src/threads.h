@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * threads.h — the context's pool of worker threads. A call hands the pool
+ * one function that every worker runs once (SPMD style); the function
+ * divides its work itself, usually through an nsa_work_queue. The calling
+ * thread takes part as worker 0, so a pool of one thread is plain serial
+ * code with no thread at all.
+ */
+#ifndef NSA_THREADS_H
+#define NSA_THREADS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <hwloc.h>
+
+#include "nsa.h"
+
+typedef struct nsa_pool nsa_pool;
+
+/* Runs on each worker: worker in [0, num_workers). */
+typedef void (*nsa_pool_task)(void *arg, int32_t worker, int32_t num_workers);
+
+/* Starts num_threads - 1 threads (the caller is the last one). With bind,
+ * worker i is bound to core i % cores with hwloc; worker 0 (the caller) is
+ * never rebound. Errors: NSA_ERROR_OUT_OF_MEMORY, NSA_ERROR_SYSTEM. */
+nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int bind,
+                           nsa_pool **pool);
+void nsa_pool_destroy(nsa_pool *pool);
+
+/* Runs fn on every worker and returns when all have finished. Calls from
+ * several threads at once are serialised: each one uses the whole pool. */
+void nsa_pool_run(nsa_pool *pool, nsa_pool_task fn, void *arg);
+
+/* A shared counter handing out work items 0, 1, 2, ... in order. Which
+ * worker gets an item varies from run to run; results must not depend on it
+ * (every item is computed the same way by whoever takes it). */
+typedef struct nsa_work_queue {
+    atomic_int_fast64_t next;
+    int64_t count;
+} nsa_work_queue;
+
+static inline void nsa_work_queue_init(nsa_work_queue *queue, int64_t count)
+{
+    atomic_init(&queue->next, 0);
+    queue->count = count;
+}
+
+/* The next item, or -1 when none is left. */
+static inline int64_t nsa_work_queue_take(nsa_work_queue *queue)
+{
+    int64_t item = atomic_fetch_add_explicit(&queue->next, 1, memory_order_relaxed);
+    return item < queue->count ? item : -1;
+}
+
+#endif /* NSA_THREADS_H */
