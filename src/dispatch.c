@@ -12,9 +12,9 @@ void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *
                            size_t description_size)
 {
     *kernels = (nsa_ukernels){
-        .attn_tile = nsa_f32_attn_tile_ukernel__ref,
-        .cmp_probs = nsa_f32_cmp_probs_ukernel__ref,
-        .prob_v = nsa_f32_prob_v_ukernel__ref,
+        .qk = nsa_f32_qk_ukernel__ref,
+        .pv = nsa_f32_pv_ukernel__ref,
+        .softmax = nsa_f32_softmax_ukernel__ref,
         .gate_mix = nsa_f32_gate_mix_ukernel__ref,
         .pool = nsa_f32_pool_ukernel__ref,
     };

@@ -1,246 +1,378 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * forward.c — the NSA forward pipeline: check every argument, compress K and
- * V, then for each query and KV head attend to the compressed tokens, score
- * and select blocks, attend to the selected blocks and to the sliding window,
- * and mix the branches with the gates (spec sections 1-6 and 9).
+ * forward.c — the NSA forward pipeline (spec sections 1-6 and 9).
  *
- * Memory is O(T): the compressed K/V of the batch plus per-query scratch
- * sized by the longest sequence. All checks run before the first output
- * byte is written, so a failing call leaves the outputs untouched.
+ * Phase 1, per (sequence, KV head): pack the keys into panels for the qk
+ * kernel, and compress K and V (then pack the compressed keys too).
+ * Phase 2, per tile of consecutive queries of one (sequence, KV head): the
+ * tile's rows are its queries x the G heads of the group, so each key the
+ * kernels load is used by every row. The tile attends to the compressed
+ * tokens, scores and selects blocks per query, attends to the union of the
+ * selected blocks (rows whose query did not choose a block are masked) and
+ * to the union of the windows, then mixes the branches with the gates.
+ * Consecutive queries share most of their blocks and window, which is what
+ * keeps small groups (G = 1, 2, 4) as efficient as G = 16.
+ *
+ * Work items go to the context's workers through a shared queue; each item
+ * is computed the same way whoever takes it, so results are bitwise the
+ * same for every thread count. Memory is O(T); everything is allocated
+ * before the first output is written, so a failing call writes nothing.
  */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attend.h"
 #include "compress.h"
 #include "forward.h"
 #include "geometry.h"
-#include "plan.h"
 #include "select.h"
-#include "threads.h"
 
-/* One call in flight: the checked arguments, the compressed K/V of the
- * batch, the work items of both phases and each worker's scratch. */
+/* Rows per tile the kernels are tuned for: G heads x ceil(TILE_ROWS / G)
+ * queries. */
+enum { TILE_ROWS = 16 };
+
+/* A unit of work: phase 1 packs and compresses panels [first, first+count)
+ * of one sequence, head and tensor; phase 2 attends queries
+ * [first, first+count) of one sequence and KV head. */
+typedef struct work_item {
+    int32_t seq, head, tensor; /* tensor: 0 = K, 1 = V (phase 1) */
+    int64_t first, count;
+    int64_t cost; /* phase 2: most expensive first */
+} work_item;
+
+enum { COMPRESS_ITEM_TOKENS = 256 }; /* a multiple of NSA_PANEL */
+
+/* One call in flight. */
 typedef struct forward_run {
     forward_call call;
-    int64_t *c_offset;        /* [B + 1]: first compressed token of each sequence */
-    float *kc, *vc;           /* [Hkv][total_compressed][Dk or Dv] */
-    struct work_item *items;  /* the current phase's items */
+    int64_t tile_queries;
+    /* Per sequence b, offsets [b] of its first compressed token, first key
+     * panel and first compressed-key panel; entry [B] is the total. */
+    int64_t *c_offset, *p_offset, *cp_offset;
+    float *kc, *vc; /* compressed rows [Hkv][total compressed][D] */
+    float *kp;      /* key panels [Hkv][total panels][Dk][NSA_PANEL] */
+    float *kcp;     /* compressed key panels, same layout */
+    work_item *items;
     nsa_work_queue queue;
-    float **scratch;          /* [num_workers] blocks of scratch_floats */
+    float **scratch; /* per worker */
     size_t scratch_floats;
 } forward_run;
 
-/* A unit of work: compressed tokens [first, first + count) of one sequence,
- * head and tensor (phase 1), or queries [first, first + count) of one
- * sequence and KV head (phase 2). */
-typedef struct work_item {
-    int32_t seq, head, tensor;
-    int64_t first, count;
-    int64_t cost; /* phase 2 ordering: most expensive first */
-} work_item;
+/* A worker's view of its scratch for one tile. */
+typedef struct tile_scratch {
+    float *q;            /* [m][Dk] packed rows */
+    float *s_cmp;        /* [m][lds_cmp] compressed scores, then probabilities */
+    size_t lds_cmp;
+    float *s;            /* [m][NSA_ATTEND_CHUNK] */
+    float *p_sum;        /* [max compressed] */
+    float *score;        /* [max blocks] */
+    int32_t *blocks;     /* [tile queries][n] */
+    int32_t *lo, *hi;    /* [m] */
+    int64_t *row_first, *row_last; /* [m] */
+    nsa_softmax_state branch[3];   /* cmp, slc, swa */
+} tile_scratch;
 
-enum { COMPRESS_ITEM_TOKENS = 256, ATTEND_ITEM_QUERIES = 16 };
-
-/* Per-query scratch, sized for the longest sequence. */
-typedef struct query_scratch {
-    float *p;      /* [G][max_compressed] compressed-branch probabilities */
-    float *p_sum;  /* [max_compressed] summed over the group */
-    float *score;  /* [max_blocks] */
-    int32_t *blocks; /* [n] */
-    float *o_cmp;  /* [G][Dv] */
-    float *slc_acc, *slc_max, *slc_sum;
-    float *swa_acc, *swa_max, *swa_sum;
-    size_t ldp;
-} query_scratch;
-
-static void softmax_state_reset(size_t g, size_t dv, float *row_max, float *row_sum, float *acc)
+static int64_t round_up_panels(int64_t keys)
 {
-    for (size_t r = 0; r < g; r++) {
-        row_max[r] = -INFINITY;
-        row_sum[r] = 0.0f;
-    }
-    memset(acc, 0, g * dv * sizeof *acc);
+    return (keys + NSA_PANEL - 1) / NSA_PANEL;
 }
 
-/* The blocks query t (local position) of KV head h attends to: the caller's,
- * or selected from the compressed probabilities already in s->p. */
-static void choose_blocks(const forward_call *call, int64_t token, int64_t t, int64_t len,
-                          int64_t h, int64_t nc, query_scratch *s)
+static float *seq_panels(const forward_run *run, float *base, const int64_t *offset,
+                               int64_t b, int64_t h)
 {
-    const nsa_config *cfg = &call->plan->cfg;
-    const int64_t n = cfg->sel_count;
-    if (call->given_indices != NULL) {
-        memcpy(s->blocks, call->given_indices + (token * cfg->num_kv_heads + h) * n,
-               (size_t)n * sizeof *s->blocks);
-        nsa_sort_blocks(s->blocks, (int32_t)n);
-        return;
-    }
-    const size_t g = (size_t)call->plan->group_size;
-    for (int64_t i = 0; i < nc; i++) {
-        float sum = 0.0f;
-        for (size_t r = 0; r < g; r++)
-            sum += s->p[r * s->ldp + (size_t)i];
-        s->p_sum[i] = sum;
-    }
-    int64_t candidates = nsa_candidate_blocks(cfg, t, len);
-    nsa_block_scores(cfg, s->p_sum, nc, s->score, candidates);
-    nsa_select_blocks(cfg, s->score, candidates, t / cfg->sel_block, s->blocks);
+    const int64_t B = run->call.batch->num_seqs, dk = run->call.plan->cfg.head_dim_qk;
+    return base + (size_t)((h * offset[B] + offset[b]) * dk * NSA_PANEL);
 }
 
-/* All three branches and the gate mix for query t of one sequence, KV head h. */
-static void attend_query(const forward_run *run, int64_t seq_start, int64_t len,
-                         int64_t c_offset, int64_t h, int64_t t, query_scratch *s)
+/* Panels [first, first + count) of x's rows (row i at x + i * ldx, rows
+ * past len are zero) into dst, panel-major [count][dk][NSA_PANEL]. */
+static void pack_panels(const float *x, size_t ldx, int64_t len, int64_t dk, int64_t first,
+                        int64_t count, float *dst)
 {
-    const forward_call *call = &run->call;
-    const nsa_plan *plan = call->plan;
-    const nsa_config *cfg = &plan->cfg;
-    const nsa_ukernels *uk = &plan->kernels;
-    const size_t g = (size_t)plan->group_size;
-    const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
-    const size_t hq = (size_t)cfg->num_q_heads, hkv = (size_t)cfg->num_kv_heads;
-    const size_t ldk = hkv * dk, ldv = hkv * dv;
-    const int64_t token = seq_start + t;
-    const size_t first_row = (size_t)token * hq + (size_t)h * g; /* q, gates, out */
-    const float *q = call->q + first_row * dk;
-    const float *k = call->k + ((size_t)seq_start * hkv + (size_t)h) * dk;
-    const float *v = call->v + ((size_t)seq_start * hkv + (size_t)h) * dv;
-
-    /* Compressed branch (spec section 2). */
-    int64_t nc = nsa_visible_compressed(cfg, t, len);
-    if (nc > 0) {
-        const int64_t total = run->c_offset[call->batch->num_seqs];
-        const size_t c0 = (size_t)(h * total + c_offset);
-        uk->cmp_probs(g, (size_t)nc, dk, cfg->scale, q, dk, run->kc + c0 * dk, dk, s->p, s->ldp);
-        uk->prob_v(g, (size_t)nc, dv, s->p, s->ldp, run->vc + c0 * dv, dv, s->o_cmp);
-    } else {
-        memset(s->o_cmp, 0, g * dv * sizeof *s->o_cmp);
+    for (int64_t p = first; p < first + count; p++) {
+        for (int64_t j = 0; j < NSA_PANEL; j++) {
+            int64_t key = p * NSA_PANEL + j;
+            const float *row = key < len ? x + (size_t)key * ldx : NULL;
+            for (int64_t c = 0; c < dk; c++)
+                dst[(c * NSA_PANEL + j)] = row != NULL ? row[c] : 0.0f;
+        }
+        dst += dk * NSA_PANEL;
     }
-
-    /* Selection (section 3) and selected branch (section 4). */
-    choose_blocks(call, token, t, len, h, nc, s);
-    if (call->indices_out != NULL)
-        memcpy(call->indices_out + ((size_t)token * hkv + (size_t)h) * (size_t)cfg->sel_count,
-               s->blocks, (size_t)cfg->sel_count * sizeof *s->blocks);
-    softmax_state_reset(g, dv, s->slc_max, s->slc_sum, s->slc_acc);
-    for (int32_t i = 0; i < cfg->sel_count && s->blocks[i] >= 0; i++) {
-        int64_t first = (int64_t)s->blocks[i] * cfg->sel_block;
-        int64_t last = first + cfg->sel_block - 1;
-        int64_t limit = cfg->causal ? t : len - 1;
-        if (last > limit)
-            last = limit;
-        if (first > last)
-            continue;
-        uk->attn_tile(g, (size_t)(last - first + 1), dk, dv, cfg->scale, q, dk,
-                      k + (size_t)first * ldk, ldk, v + (size_t)first * ldv, ldv, s->slc_max,
-                      s->slc_sum, s->slc_acc);
-    }
-
-    /* Sliding window (sections 5 and 9). */
-    int64_t first, last;
-    nsa_window_range(cfg, t, len, &first, &last);
-    softmax_state_reset(g, dv, s->swa_max, s->swa_sum, s->swa_acc);
-    uk->attn_tile(g, (size_t)(last - first + 1), dk, dv, cfg->scale, q, dk,
-                  k + (size_t)first * ldk, ldk, v + (size_t)first * ldv, ldv, s->swa_max,
-                  s->swa_sum, s->swa_acc);
-
-    /* Gates (section 6). */
-    uk->gate_mix(g, dv, call->gates + first_row * 3, s->o_cmp, s->slc_acc, s->slc_sum,
-                 s->swa_acc, s->swa_sum, call->out + first_row * dv);
 }
 
 /* ------------------------------------------------------------- phase 1 -- */
 
-/* Compressed K and V of the whole batch, in items of COMPRESS_ITEM_TOKENS
- * compressed tokens per (sequence, head, tensor). */
-static void compress_worker(void *arg, int32_t worker, int32_t num_workers)
+static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     forward_run *run = arg;
     const forward_call *call = &run->call;
     const nsa_config *cfg = &call->plan->cfg;
-    const int64_t hkv = cfg->num_kv_heads, total = run->c_offset[call->batch->num_seqs];
-    float *work = run->scratch[worker];
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t B = call->batch->num_seqs, total_c = run->c_offset[B];
     (void)num_workers;
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        const work_item *item = &run->items[i];
-        const int64_t start = call->batch->cu_seqlens[item->seq];
-        const int64_t dim = item->tensor == 0 ? cfg->head_dim_qk : cfg->head_dim_v;
-        const float *x = item->tensor == 0 ? call->k : call->v;
-        float *y = item->tensor == 0 ? run->kc : run->vc;
-        y += (size_t)((item->head * total + run->c_offset[item->seq] + item->first) * dim);
-        nsa_compress(call->plan, item->tensor == 0 ? call->cmp_k : call->cmp_v, (int32_t)dim,
-                     item->head, x + (size_t)((start * hkv + item->head) * dim),
-                     (size_t)(hkv * dim), item->first, item->count, y, work);
+        const work_item *it = &run->items[i];
+        const int64_t b = it->seq, h = it->head, start = call->batch->cu_seqlens[b];
+        const int64_t len = call->batch->cu_seqlens[b + 1] - start;
+        const float *k = call->k + (size_t)((start * hkv + h) * dk);
+        if (it->tensor == 2) { /* raw key panels */
+            float *dst = seq_panels(run, run->kp, run->p_offset, b, h);
+            pack_panels(k, (size_t)(hkv * dk), len, dk, it->first, it->count,
+                        dst + (size_t)(it->first * dk * NSA_PANEL));
+            continue;
+        }
+        const int64_t dim = it->tensor == 0 ? dk : dv;
+        float *y = (it->tensor == 0 ? run->kc : run->vc) +
+                   (size_t)((h * total_c + run->c_offset[b] + it->first) * dim);
+        nsa_compress(call->plan, it->tensor == 0 ? call->cmp_k : call->cmp_v, (int32_t)dim,
+                     (int32_t)h, it->tensor == 0 ? k : call->v + (size_t)((start * hkv + h) * dv),
+                     (size_t)(hkv * dim), it->first, it->count, y, run->scratch[worker]);
+        if (it->tensor == 0) { /* the first token is a panel boundary */
+            float *dst = seq_panels(run, run->kcp, run->cp_offset, b, h);
+            int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
+            const float *rows = run->kc + (size_t)((h * total_c + run->c_offset[b]) * dk);
+            pack_panels(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL,
+                        round_up_panels(it->count), dst + (size_t)(it->first * dk));
+        }
     }
 }
 
-static int64_t compress_items(const forward_run *run, work_item *items)
+/* Items of phase 1: per (sequence, head), compress K and V in runs of
+ * COMPRESS_ITEM_TOKENS compressed tokens, and pack the raw keys in runs of
+ * COMPRESS_ITEM_TOKENS / NSA_PANEL panels. items may be NULL to count. */
+static int64_t prepare_items(const forward_run *run, work_item *items)
 {
     const int64_t B = run->call.batch->num_seqs, hkv = run->call.plan->cfg.num_kv_heads;
+    const int64_t step = COMPRESS_ITEM_TOKENS;
     int64_t n = 0;
     for (int64_t b = 0; b < B; b++) {
         int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
-        for (int64_t first = 0; first < nc; first += COMPRESS_ITEM_TOKENS)
-            for (int32_t h = 0; h < hkv; h++)
-                for (int32_t tensor = 0; tensor < 2; tensor++) {
+        int64_t np = run->p_offset[b + 1] - run->p_offset[b];
+        for (int32_t h = 0; h < hkv; h++) {
+            for (int64_t first = 0; first < nc; first += step)
+                for (int32_t tensor = 0; tensor < 2; tensor++, n++)
                     if (items != NULL)
                         items[n] = (work_item){.seq = (int32_t)b, .head = h, .tensor = tensor,
                                                .first = first,
-                                               .count = nc - first < COMPRESS_ITEM_TOKENS
-                                                            ? nc - first
-                                                            : COMPRESS_ITEM_TOKENS};
-                    n++;
-                }
+                                               .count = nc - first < step ? nc - first : step};
+            for (int64_t first = 0; first < np; first += step, n++)
+                if (items != NULL)
+                    items[n] = (work_item){.seq = (int32_t)b, .head = h, .tensor = 2,
+                                           .first = first,
+                                           .count = np - first < step ? np - first : step};
+        }
     }
     return n;
 }
 
 /* ------------------------------------------------------------- phase 2 -- */
 
-static void scratch_carve(const forward_run *run, float *f, query_scratch *s)
+static size_t tile_rows(const forward_run *run)
 {
-    const nsa_config *cfg = &run->call.plan->cfg;
-    const size_t g = (size_t)run->call.plan->group_size, dv = (size_t)cfg->head_dim_v;
-    const size_t max_c = (size_t)nsa_num_compressed(cfg, run->call.max_len) + 1;
-    const size_t max_blocks = (size_t)nsa_num_blocks(cfg, run->call.max_len) + 1;
-    s->ldp = max_c;
-    s->p = f;
-    s->p_sum = s->p + g * max_c;
-    s->score = s->p_sum + max_c;
-    s->o_cmp = s->score + max_blocks;
-    s->slc_acc = s->o_cmp + g * dv;
-    s->swa_acc = s->slc_acc + g * dv;
-    s->slc_max = s->swa_acc + g * dv;
-    s->slc_sum = s->slc_max + g;
-    s->swa_max = s->slc_sum + g;
-    s->swa_sum = s->swa_max + g;
-    s->blocks = (int32_t *)(s->swa_sum + g);
+    return (size_t)(run->tile_queries * run->call.plan->group_size);
 }
 
-static size_t attend_scratch_floats(const forward_run *run)
+/* Lays the tile scratch out in f; returns the floats used (f may be NULL
+ * to size it). */
+static size_t tile_scratch_carve(const forward_run *run, float *f, tile_scratch *t)
 {
     const nsa_config *cfg = &run->call.plan->cfg;
-    const size_t g = (size_t)run->call.plan->group_size, dv = (size_t)cfg->head_dim_v;
+    const size_t m = tile_rows(run), dk = (size_t)cfg->head_dim_qk;
+    const size_t dv = (size_t)cfg->head_dim_v;
     const size_t max_c = (size_t)nsa_num_compressed(cfg, run->call.max_len) + 1;
+    const size_t lds_cmp = (size_t)round_up_panels((int64_t)max_c) * NSA_PANEL;
     const size_t max_blocks = (size_t)nsa_num_blocks(cfg, run->call.max_len) + 1;
-    return g * max_c + max_c + max_blocks + 3 * g * dv + 4 * g + (size_t)cfg->sel_count;
+    size_t used = 0;
+#define CARVE(field, type, count)                                                  \
+    do {                                                                           \
+        if (f != NULL)                                                             \
+            t->field = (type *)(f + used);                                         \
+        used += (count);                                                           \
+    } while (0)
+    CARVE(q, float, m * dk);
+    CARVE(s_cmp, float, m * lds_cmp);
+    CARVE(s, float, m * NSA_ATTEND_CHUNK);
+    CARVE(p_sum, float, max_c);
+    CARVE(score, float, max_blocks);
+    for (int b = 0; b < 3; b++) {
+        CARVE(branch[b].max, float, m);
+        CARVE(branch[b].sum, float, m);
+        CARVE(branch[b].acc, float, m * dv);
+        if (f != NULL)
+            t->branch[b].ldacc = dv;
+    }
+    used += used % 2; /* int64 alignment; an int64 takes two floats */
+    CARVE(row_first, int64_t, 2 * m);
+    CARVE(row_last, int64_t, 2 * m);
+    CARVE(blocks, int32_t, (size_t)run->tile_queries * (size_t)cfg->sel_count);
+    CARVE(lo, int32_t, m);
+    CARVE(hi, int32_t, m);
+    if (f != NULL)
+        t->lds_cmp = lds_cmp;
+#undef CARVE
+    return used;
+}
+
+/* The queries' blocks: the caller's (sorted), or chosen from the
+ * compressed-branch probabilities left in t->s_cmp (spec section 3). */
+static void choose_blocks(const forward_run *run, int64_t start, int64_t len, int64_t h,
+                          int64_t t0, int64_t count, tile_scratch *t)
+{
+    const forward_call *call = &run->call;
+    const nsa_config *cfg = &call->plan->cfg;
+    const int64_t n = cfg->sel_count, g = call->plan->group_size, hkv = cfg->num_kv_heads;
+    for (int64_t tq = 0; tq < count; tq++) {
+        const int64_t pos = t0 + tq, token = start + pos;
+        int32_t *blocks = t->blocks + tq * n;
+        if (call->given_indices != NULL) {
+            memcpy(blocks, call->given_indices + (token * hkv + h) * n, (size_t)n * sizeof *blocks);
+            nsa_sort_blocks(blocks, (int32_t)n);
+            continue;
+        }
+        const int64_t nc = nsa_visible_compressed(cfg, pos, len);
+        for (int64_t i = 0; i < nc; i++) {
+            float sum = 0.0f;
+            for (int64_t r = tq * g; r < (tq + 1) * g; r++)
+                sum += t->s_cmp[(size_t)r * t->lds_cmp + (size_t)i] / t->branch[0].sum[r];
+            t->p_sum[i] = sum;
+        }
+        int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
+        nsa_block_scores(cfg, t->p_sum, nc, t->score, candidates);
+        nsa_select_blocks(cfg, t->score, candidates, pos / cfg->sel_block, blocks);
+        if (call->indices_out != NULL)
+            memcpy(call->indices_out + (token * hkv + h) * n, blocks, (size_t)n * sizeof *blocks);
+    }
+}
+
+/* Selected branch over the union of the tile's blocks, ascending; a row
+ * takes a block only if its query chose it. */
+static void attend_selected(const forward_run *run, const nsa_rows *rows, const nsa_keys *keys,
+                            int64_t len, int64_t t0, int64_t count, tile_scratch *t)
+{
+    const nsa_config *cfg = &run->call.plan->cfg;
+    const nsa_ukernels *uk = &run->call.plan->kernels;
+    const int64_t n = cfg->sel_count, g = run->call.plan->group_size, lsel = cfg->sel_block;
+    int64_t cursor[TILE_ROWS];
+    for (int64_t tq = 0; tq < count; tq++)
+        cursor[tq] = 0;
+    for (;;) {
+        /* The next block in the union: the smallest not yet taken. */
+        int64_t block = INT64_MAX;
+        for (int64_t tq = 0; tq < count; tq++) {
+            int64_t c = cursor[tq];
+            int32_t j = c < n ? t->blocks[tq * n + c] : -1;
+            if (j >= 0 && j < block)
+                block = j;
+        }
+        if (block == INT64_MAX)
+            return;
+        const int64_t first = block * lsel, last = first + lsel - 1;
+        for (int64_t tq = 0; tq < count; tq++) {
+            int64_t pos = t0 + tq, limit = cfg->causal ? pos : len - 1;
+            int takes = cursor[tq] < n && t->blocks[tq * n + cursor[tq]] == block;
+            cursor[tq] += takes;
+            for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+                t->row_first[r] = takes ? first : 1;
+                t->row_last[r] = takes ? (last < limit ? last : limit) : 0;
+            }
+        }
+        nsa_attend_keys(uk, rows, keys, first, last, t->row_first, t->row_last, &t->branch[1],
+                        t->s, t->lo, t->hi);
+    }
+}
+
+static void attend_window(const forward_run *run, const nsa_rows *rows, const nsa_keys *keys,
+                          int64_t len, int64_t t0, int64_t count, tile_scratch *t)
+{
+    const nsa_config *cfg = &run->call.plan->cfg;
+    const int64_t g = run->call.plan->group_size;
+    int64_t first = INT64_MAX, last = -1;
+    for (int64_t tq = 0; tq < count; tq++) {
+        int64_t a, b;
+        nsa_window_range(cfg, t0 + tq, len, &a, &b);
+        first = a < first ? a : first;
+        last = b > last ? b : last;
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            t->row_first[r] = a;
+            t->row_last[r] = b;
+        }
+    }
+    nsa_attend_keys(&run->call.plan->kernels, rows, keys, first, last, t->row_first,
+                    t->row_last, &t->branch[2], t->s, t->lo, t->hi);
+}
+
+/* Compressed branch: one softmax step over every visible compressed token,
+ * so the probabilities left in s_cmp are final (selection reads them). */
+static void attend_compressed(const forward_run *run, const nsa_rows *rows,
+                              const nsa_keys *keys, int64_t len, int64_t t0, int64_t count,
+                              tile_scratch *t)
+{
+    const nsa_config *cfg = &run->call.plan->cfg;
+    const int64_t g = run->call.plan->group_size;
+    int64_t most = 0;
+    for (int64_t tq = 0; tq < count; tq++) {
+        int64_t nc = nsa_visible_compressed(cfg, t0 + tq, len);
+        most = nc > most ? nc : most;
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            t->lo[r] = 0;
+            t->hi[r] = (int32_t)nc - 1;
+        }
+    }
+    if (most > 0)
+        nsa_attend_span(&run->call.plan->kernels, rows, keys, 0, round_up_panels(most), t->lo,
+                        t->hi, t->s_cmp, t->lds_cmp, &t->branch[0]);
+}
+
+static void attend_tile(const forward_run *run, const work_item *it, tile_scratch *t)
+{
+    const forward_call *call = &run->call;
+    const nsa_plan *plan = call->plan;
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t b = it->seq, h = it->head, t0 = it->first, count = it->count;
+    const int64_t start = call->batch->cu_seqlens[b], len = call->batch->cu_seqlens[b + 1] - start;
+    const int64_t g = plan->group_size, hq = cfg->num_q_heads, hkv = cfg->num_kv_heads;
+    const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v, B = call->batch->num_seqs;
+    const size_t m = (size_t)(count * g);
+
+    for (int64_t tq = 0; tq < count; tq++) /* the G rows of a query are contiguous */
+        memcpy(t->q + (size_t)(tq * g * dk), call->q + (size_t)(((start + t0 + tq) * hq + h * g) * dk),
+               (size_t)(g * dk) * sizeof(float));
+    const nsa_rows rows = {.m = m, .dk = (size_t)dk, .dv = (size_t)dv, .scale = cfg->scale,
+                           .q = t->q};
+    const nsa_keys raw = {.kp = seq_panels(run, run->kp, run->p_offset, b, h),
+                          .v = call->v + (size_t)((start * hkv + h) * dv),
+                          .ldv = (size_t)(hkv * dv), .count = len};
+    const nsa_keys compressed = {
+        .kp = seq_panels(run, run->kcp, run->cp_offset, b, h),
+        .v = run->vc + (size_t)((h * run->c_offset[B] + run->c_offset[b]) * dv),
+        .ldv = (size_t)dv, .count = run->c_offset[b + 1] - run->c_offset[b]};
+    for (int i = 0; i < 3; i++)
+        nsa_softmax_state_reset(&t->branch[i], m, (size_t)dv);
+
+    attend_compressed(run, &rows, &compressed, len, t0, count, t);
+    choose_blocks(run, start, len, h, t0, count, t);
+    attend_selected(run, &rows, &raw, len, t0, count, t);
+    attend_window(run, &rows, &raw, len, t0, count, t);
+
+    for (int64_t tq = 0; tq < count; tq++) {
+        const size_t row0 = (size_t)(tq * g), first_row = (size_t)((start + t0 + tq) * hq + h * g);
+        const nsa_softmax_state *s = t->branch;
+        plan->kernels.gate_mix((size_t)g, (size_t)dv, call->gates + first_row * 3,
+                               s[0].acc + row0 * (size_t)dv, s[0].sum + row0,
+                               s[1].acc + row0 * (size_t)dv, s[1].sum + row0,
+                               s[2].acc + row0 * (size_t)dv, s[2].sum + row0, (size_t)dv,
+                               call->out + first_row * (size_t)dv);
+    }
 }
 
 static void attend_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     forward_run *run = arg;
-    const int64_t *cu = run->call.batch->cu_seqlens;
-    query_scratch scratch;
-    scratch_carve(run, run->scratch[worker], &scratch);
+    tile_scratch scratch;
+    tile_scratch_carve(run, run->scratch[worker], &scratch);
     (void)num_workers;
-    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        const work_item *item = &run->items[i];
-        const int64_t len = cu[item->seq + 1] - cu[item->seq];
-        for (int64_t t = item->first; t < item->first + item->count; t++)
-            attend_query(run, cu[item->seq], len, run->c_offset[item->seq], item->head, t,
-                         &scratch);
-    }
+    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;)
+        attend_tile(run, &run->items[i], &scratch);
 }
 
 /* Keys a query at position t attends to, roughly: the cost of its work. */
@@ -255,26 +387,24 @@ static int64_t query_cost(const nsa_config *cfg, int64_t t, int64_t len)
 static int64_t attend_items(const forward_run *run, work_item *items)
 {
     const nsa_config *cfg = &run->call.plan->cfg;
-    const int64_t *cu = run->call.batch->cu_seqlens;
+    const int64_t *cu = run->call.batch->cu_seqlens, step = run->tile_queries;
     int64_t n = 0;
     for (int64_t b = 0; b < run->call.batch->num_seqs; b++) {
         int64_t len = cu[b + 1] - cu[b];
-        for (int64_t first = 0; first < len; first += ATTEND_ITEM_QUERIES) {
-            int64_t count = len - first < ATTEND_ITEM_QUERIES ? len - first : ATTEND_ITEM_QUERIES;
-            for (int32_t h = 0; h < cfg->num_kv_heads; h++) {
+        for (int64_t first = 0; first < len; first += step) {
+            int64_t count = len - first < step ? len - first : step;
+            for (int32_t h = 0; h < cfg->num_kv_heads; h++, n++)
                 if (items != NULL)
                     items[n] = (work_item){.seq = (int32_t)b, .head = h, .first = first,
                                            .count = count,
                                            .cost = query_cost(cfg, first + count - 1, len)};
-                n++;
-            }
         }
     }
     return n;
 }
 
-/* Longest items first, so the causal triangle's expensive tail does not
- * end up alone on one worker. Ties keep their order (deterministic). */
+/* Longest items first, so the causal triangle's expensive end does not run
+ * alone on one worker at the end. */
 static int compare_cost_descending(const void *a, const void *b)
 {
     const work_item *x = a, *y = b;
@@ -298,46 +428,62 @@ static void run_free(forward_run *run, int32_t workers)
     free(run->items);
     free(run->kc);
     free(run->vc);
+    free(run->kp);
+    free(run->kcp);
     free(run->c_offset);
+}
+
+static void *alloc_floats(int64_t count)
+{
+    return malloc((size_t)count * sizeof(float) + sizeof(float));
 }
 
 /* Everything both phases need, allocated before any output is written so an
  * allocation failure leaves the outputs untouched. Scratch is only
- * allocated here; each worker touches its own first, which places it on
- * the worker's NUMA node. */
+ * allocated here; each worker touches its own first, which places it on the
+ * worker's NUMA node. The checks proved T * Hkv * D fits, and every buffer
+ * here is at most a small multiple of that. */
 static nsa_status run_alloc(forward_run *run, int32_t workers)
 {
     const forward_call *call = &run->call;
     const nsa_config *cfg = &call->plan->cfg;
     const int64_t B = call->batch->num_seqs, hkv = cfg->num_kv_heads;
-    run->c_offset = malloc((size_t)(B + 1) * sizeof *run->c_offset);
+    const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    run->tile_queries = (TILE_ROWS + call->plan->group_size - 1) / call->plan->group_size;
+    run->c_offset = malloc(3 * (size_t)(B + 1) * sizeof *run->c_offset);
     if (run->c_offset == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
-    run->c_offset[0] = 0;
-    for (int64_t b = 0; b < B; b++)
-        run->c_offset[b + 1] =
-            run->c_offset[b] +
-            nsa_num_compressed(cfg, call->batch->cu_seqlens[b + 1] - call->batch->cu_seqlens[b]);
-    /* total compressed <= T, and the checks proved T * Hkv * D fits. */
-    const size_t total = (size_t)run->c_offset[B];
-    run->kc = malloc(total * (size_t)(hkv * cfg->head_dim_qk) * sizeof(float) + 1);
-    run->vc = malloc(total * (size_t)(hkv * cfg->head_dim_v) * sizeof(float) + 1);
+    run->p_offset = run->c_offset + B + 1;
+    run->cp_offset = run->p_offset + B + 1;
+    run->c_offset[0] = run->p_offset[0] = run->cp_offset[0] = 0;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t len = call->batch->cu_seqlens[b + 1] - call->batch->cu_seqlens[b];
+        int64_t nc = nsa_num_compressed(cfg, len);
+        run->c_offset[b + 1] = run->c_offset[b] + nc;
+        run->p_offset[b + 1] = run->p_offset[b] + round_up_panels(len);
+        run->cp_offset[b + 1] = run->cp_offset[b] + round_up_panels(nc);
+    }
+    run->kc = alloc_floats(hkv * run->c_offset[B] * dk);
+    run->vc = alloc_floats(hkv * run->c_offset[B] * dv);
+    run->kp = alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * dk);
+    run->kcp = alloc_floats(hkv * run->cp_offset[B] * NSA_PANEL * dk);
 
-    int64_t n1 = compress_items(run, NULL), n2 = attend_items(run, NULL);
+    int64_t n1 = prepare_items(run, NULL), n2 = attend_items(run, NULL);
     run->items = malloc((size_t)(n1 > n2 ? n1 : n2) * sizeof *run->items + 1);
 
     size_t work_k = nsa_compress_workspace(cfg, cfg->head_dim_qk);
     size_t work_v = nsa_compress_workspace(cfg, cfg->head_dim_v);
-    run->scratch_floats = attend_scratch_floats(run);
+    run->scratch_floats = tile_scratch_carve(run, NULL, NULL);
     if (work_k > run->scratch_floats)
         run->scratch_floats = work_k;
     if (work_v > run->scratch_floats)
         run->scratch_floats = work_v;
     run->scratch = calloc((size_t)workers, sizeof *run->scratch);
-    if (run->kc == NULL || run->vc == NULL || run->items == NULL || run->scratch == NULL)
+    if (run->kc == NULL || run->vc == NULL || run->kp == NULL || run->kcp == NULL ||
+        run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
     for (int32_t w = 0; w < workers; w++)
-        if ((run->scratch[w] = malloc(run->scratch_floats * sizeof(float))) == NULL)
+        if ((run->scratch[w] = alloc_floats((int64_t)run->scratch_floats)) == NULL)
             return NSA_ERROR_OUT_OF_MEMORY;
     return NSA_SUCCESS;
 }
@@ -359,8 +505,8 @@ static nsa_status run_forward(const forward_call *call)
                         (long long)call->batch->total_tokens);
     }
 
-    nsa_work_queue_init(&run.queue, compress_items(&run, run.items));
-    nsa_pool_run(ctx->pool, compress_worker, &run);
+    nsa_work_queue_init(&run.queue, prepare_items(&run, run.items));
+    nsa_pool_run(ctx->pool, prepare_worker, &run);
 
     int64_t n = attend_items(&run, run.items);
     qsort(run.items, (size_t)n, sizeof *run.items, compare_cost_descending);

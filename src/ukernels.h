@@ -1,45 +1,59 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * ukernels.h — the contracts of the hot kernels and the table a plan calls
- * them through. The pipeline (forward.c) knows only these signatures; which
- * implementation fills each slot is decided once per plan (dispatch.c).
+ * them through. The pipeline (attend.c, forward.c) is written once against
+ * these signatures; which implementation fills each slot is decided once per
+ * plan (dispatch.c), from the registry simd/ukernels.inc.
+ *
+ * Attention is split GEMM-style, as BLIS splits a GEMM: qk and pv are small
+ * register-blocked matrix products, softmax is the online-softmax step
+ * between them. Keys enter qk packed in panels of NSA_PANEL keys, each panel
+ * [dk][NSA_PANEL] floats, so a vector load takes one channel of NSA_PANEL
+ * keys; panels are zero-padded past the end of a sequence.
  *
  * Shared conventions: fp32 in and out, fp32 accumulation; strides (ld*) are
- * in elements between consecutive rows; no kernel reads or writes outside
- * the rows and columns it is given; results do not depend on threads.
+ * in elements between consecutive rows; m, nk, dk, dv >= 1; no kernel reads
+ * or writes outside the rows and columns it is given; the arithmetic of a
+ * call does not depend on threads.
  */
 #ifndef NSA_UKERNELS_H
 #define NSA_UKERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-/* Online-softmax attention of m query rows over nk >= 1 keys.
- * q [m][dk] (stride ldq), k [nk][dk] (ldk), v [nk][dv] (ldv).
- * State in/out per row r: row_max[r] (-INFINITY before the first call),
- * row_sum[r] (0), acc[r][dv] (0, rows contiguous): after any sequence of
- * calls, acc / row_sum is softmax(scale q K^T) V over all keys seen. */
-typedef void (*nsa_attn_tile_fn)(size_t m, size_t nk, size_t dk, size_t dv, float scale,
-                                 const float *q, size_t ldq, const float *k, size_t ldk,
-                                 const float *v, size_t ldv, float *row_max, float *row_sum,
-                                 float *acc);
+enum { NSA_PANEL = 16 };
 
-/* Softmax probabilities of m query rows over nc >= 1 compressed keys:
- * p[r][i] = softmax_i(scale q_r . kc_i), p rows of stride ldp. These are the
- * p_cmp of spec section 2 that also feed the block scores of section 3. */
-typedef void (*nsa_cmp_probs_fn)(size_t m, size_t nc, size_t dk, float scale, const float *q,
-                                 size_t ldq, const float *kc, size_t ldkc, float *p, size_t ldp);
+/* s[m][np * NSA_PANEL] (row stride lds) = scale * q[m][dk] . K^T, for the np
+ * consecutive key panels at kp (panel stride dk * NSA_PANEL). */
+typedef void (*nsa_qk_fn)(size_t m, size_t np, size_t dk, float scale, const float *q,
+                          size_t ldq, const float *kp, float *s, size_t lds);
 
-/* o[m][dv] (rows contiguous) = p[m][nc] (stride ldp) . vc[nc][dv] (ldvc). */
-typedef void (*nsa_prob_v_fn)(size_t m, size_t nc, size_t dv, const float *p, size_t ldp,
-                              const float *vc, size_t ldvc, float *o);
+/* acc[m][dv] (row stride ldacc) += p[m][nk] (ldp) . v[nk][dv] (ldv). */
+typedef void (*nsa_pv_fn)(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
+                          const float *v, size_t ldv, float *acc, size_t ldacc);
+
+/* One online-softmax step over a tile of scores s[m][nk] (stride lds). Row r
+ * uses columns lo[r] .. hi[r] (none when lo[r] > hi[r]). For a row with at
+ * least one column: new_max = max(row_max[r], its scores); row_sum[r] and
+ * acc[r][0..dv) are multiplied by exp(row_max[r] - new_max); s[r][j] becomes
+ * exp(s[r][j] - new_max) on its columns and 0 elsewhere in [0, nk);
+ * row_sum[r] gains their sum; row_max[r] = new_max. A row with no column is
+ * left alone except that s[r][0..nk) becomes 0. Start rows with row_max =
+ * -INFINITY, row_sum = 0, acc = 0. */
+typedef void (*nsa_softmax_fn)(size_t m, size_t nk, const int32_t *lo, const int32_t *hi,
+                               float *s, size_t lds, float *row_max, float *row_sum, size_t dv,
+                               float *acc, size_t ldacc);
 
 /* The gated output of spec section 6 for m rows (one query head each):
- * out[r] = g_cmp o_cmp[r] + g_slc slc_acc[r]/slc_sum[r] + g_swa swa_acc[r]/swa_sum[r],
- * gates[r][3] = (g_cmp, g_slc, g_swa); a branch whose sum is 0 saw no key and
- * contributes 0. All [m][dv] arrays have contiguous rows. */
-typedef void (*nsa_gate_mix_fn)(size_t m, size_t dv, const float *gates, const float *o_cmp,
-                                const float *slc_acc, const float *slc_sum,
-                                const float *swa_acc, const float *swa_sum, float *out);
+ * out[r] = g_cmp cmp_acc[r]/cmp_sum[r] + g_slc slc_acc[r]/slc_sum[r]
+ *        + g_swa swa_acc[r]/swa_sum[r], gates[r][3] = (g_cmp, g_slc, g_swa);
+ * a branch whose sum is 0 saw no key and contributes 0. The accumulators
+ * have row stride ldacc; gates and out have contiguous rows. */
+typedef void (*nsa_gate_mix_fn)(size_t m, size_t dv, const float *gates, const float *cmp_acc,
+                                const float *cmp_sum, const float *slc_acc,
+                                const float *slc_sum, const float *swa_acc,
+                                const float *swa_sum, size_t ldacc, float *out);
 
 /* Weighted pooling of one window: y[dim] = sum_{j<l} weight[j] x[j][dim],
  * x rows of stride ldx. Serves the mean and weighted kinds of phi. */
@@ -47,27 +61,27 @@ typedef void (*nsa_pool_fn)(size_t l, size_t dim, const float *weight, const flo
                             size_t ldx, float *y);
 
 typedef struct nsa_ukernels {
-    nsa_attn_tile_fn attn_tile;
-    nsa_cmp_probs_fn cmp_probs;
-    nsa_prob_v_fn prob_v;
+    nsa_qk_fn qk;
+    nsa_pv_fn pv;
+    nsa_softmax_fn softmax;
     nsa_gate_mix_fn gate_mix;
     nsa_pool_fn pool;
 } nsa_ukernels;
 
 /* The portable scalar kernels (src/ref/): the executable specification every
  * optimised kernel is tested against. */
-void nsa_f32_attn_tile_ukernel__ref(size_t m, size_t nk, size_t dk, size_t dv, float scale,
-                                    const float *q, size_t ldq, const float *k, size_t ldk,
-                                    const float *v, size_t ldv, float *row_max,
-                                    float *row_sum, float *acc);
-void nsa_f32_cmp_probs_ukernel__ref(size_t m, size_t nc, size_t dk, float scale,
-                                    const float *q, size_t ldq, const float *kc, size_t ldkc,
-                                    float *p, size_t ldp);
-void nsa_f32_prob_v_ukernel__ref(size_t m, size_t nc, size_t dv, const float *p, size_t ldp,
-                                 const float *vc, size_t ldvc, float *o);
-void nsa_f32_gate_mix_ukernel__ref(size_t m, size_t dv, const float *gates, const float *o_cmp,
+void nsa_f32_qk_ukernel__ref(size_t m, size_t np, size_t dk, float scale, const float *q,
+                             size_t ldq, const float *kp, float *s, size_t lds);
+void nsa_f32_pv_ukernel__ref(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
+                             const float *v, size_t ldv, float *acc, size_t ldacc);
+void nsa_f32_softmax_ukernel__ref(size_t m, size_t nk, const int32_t *lo, const int32_t *hi,
+                                  float *s, size_t lds, float *row_max, float *row_sum,
+                                  size_t dv, float *acc, size_t ldacc);
+void nsa_f32_gate_mix_ukernel__ref(size_t m, size_t dv, const float *gates,
+                                   const float *cmp_acc, const float *cmp_sum,
                                    const float *slc_acc, const float *slc_sum,
-                                   const float *swa_acc, const float *swa_sum, float *out);
+                                   const float *swa_acc, const float *swa_sum, size_t ldacc,
+                                   float *out);
 void nsa_f32_pool_ukernel__ref(size_t l, size_t dim, const float *weight, const float *x,
                                size_t ldx, float *y);
 

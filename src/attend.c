@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * attend.c — tile attention from the three attention kernels. Spans start on
+ * a panel boundary so qk always reads whole panels; the per-row limits turn
+ * the columns outside a row's keys into zero probabilities, and pv only
+ * runs over the columns some row uses, so it never reads a value row past
+ * the end of the sequence.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "attend.h"
+
+/* Value rows per pv call: keeps a slab of V hot in cache while every row
+ * block of the tile passes over it. */
+enum { PV_STEP = 256 };
+
+void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv)
+{
+    for (size_t r = 0; r < m; r++) {
+        state->max[r] = -INFINITY;
+        state->sum[r] = 0.0f;
+        memset(state->acc + r * state->ldacc, 0, dv * sizeof *state->acc);
+    }
+}
+
+void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                     int64_t first_panel, int64_t np, const int32_t *lo, const int32_t *hi,
+                     float *s, size_t lds, const nsa_softmax_state *state)
+{
+    const int64_t first_key = first_panel * NSA_PANEL;
+    int64_t used_lo = INT64_MAX, used_hi = -1;
+    for (size_t r = 0; r < rows->m; r++) {
+        if (lo[r] > hi[r])
+            continue;
+        used_lo = lo[r] < used_lo ? lo[r] : used_lo;
+        used_hi = hi[r] > used_hi ? hi[r] : used_hi;
+    }
+    if (used_hi < 0)
+        return; /* no row takes any key here */
+    uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
+           keys->kp + (size_t)first_panel * rows->dk * NSA_PANEL, s, lds);
+    uk->softmax(rows->m, (size_t)(np * NSA_PANEL), lo, hi, s, lds, state->max, state->sum,
+                rows->dv, state->acc, state->ldacc);
+    for (int64_t j = used_lo; j <= used_hi; j += PV_STEP) {
+        int64_t count = used_hi + 1 - j < PV_STEP ? used_hi + 1 - j : PV_STEP;
+        uk->pv(rows->m, (size_t)count, rows->dv, s + j, lds,
+               keys->v + (size_t)(first_key + j) * keys->ldv, keys->ldv, state->acc,
+               state->ldacc);
+    }
+}
+
+void nsa_attend_keys(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                     int64_t first, int64_t last, const int64_t *row_first,
+                     const int64_t *row_last, const nsa_softmax_state *state, float *s,
+                     int32_t *lo, int32_t *hi)
+{
+    if (last >= keys->count)
+        last = keys->count - 1;
+    for (int64_t start = first - first % NSA_PANEL; start <= last; start += NSA_ATTEND_CHUNK) {
+        int64_t end = start + NSA_ATTEND_CHUNK - 1 < last ? start + NSA_ATTEND_CHUNK - 1 : last;
+        for (size_t r = 0; r < rows->m; r++) {
+            int64_t a = row_first[r] > first ? row_first[r] : first;
+            int64_t b = row_last[r] < end ? row_last[r] : end;
+            if (a < start)
+                a = start;
+            if (a > b) { /* the row takes no key in this chunk */
+                lo[r] = 1;
+                hi[r] = 0;
+            } else {
+                lo[r] = (int32_t)(a - start);
+                hi[r] = (int32_t)(b - start);
+            }
+        }
+        int64_t np = (end - start) / NSA_PANEL + 1;
+        nsa_attend_span(uk, rows, keys, start / NSA_PANEL, np, lo, hi, s, NSA_ATTEND_CHUNK,
+                        state);
+    }
+}

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * attend.h — attention of a tile of query rows over a span of keys, built
+ * from the qk / softmax / pv kernels. Every branch of NSA is this operation
+ * with a different span and different per-row limits: the compressed tokens
+ * (limited by causality), the selected blocks (limited to the rows whose
+ * query chose the block) and the sliding window (limited to each row's own
+ * window).
+ */
+#ifndef NSA_ATTEND_H
+#define NSA_ATTEND_H
+
+#include <stdint.h>
+
+#include "ukernels.h"
+
+/* Keys per softmax step in nsa_attend_keys: one selection block at the
+ * paper's l' = 64, four panels. */
+enum { NSA_ATTEND_CHUNK = 64 };
+
+/* The keys of one sequence and KV head, laid out for the kernels. */
+typedef struct nsa_keys {
+    const float *kp; /* panels; panel 0 starts at key 0 */
+    const float *v;  /* value rows; row 0 is key 0 */
+    size_t ldv;
+    int64_t count;   /* keys that exist (v has this many rows) */
+} nsa_keys;
+
+/* Online-softmax state of m rows: max[m], sum[m], acc[m][ldacc]. */
+typedef struct nsa_softmax_state {
+    float *max, *sum, *acc;
+    size_t ldacc;
+} nsa_softmax_state;
+
+/* The rows of a tile: m query rows q[m][dk] (contiguous, packed). */
+typedef struct nsa_rows {
+    size_t m, dk, dv;
+    float scale;
+    const float *q;
+} nsa_rows;
+
+void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv);
+
+/* One softmax step over the keys of panels [first_panel, first_panel + np):
+ * row r takes keys [lo[r], hi[r]] counted from the first panel's key 0.
+ * Leaves the probabilities exp(s - max) in s[m][lds] (0 off a row's keys). */
+void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                     int64_t first_panel, int64_t np, const int32_t *lo, const int32_t *hi,
+                     float *s, size_t lds, const nsa_softmax_state *state);
+
+/* Attention of the rows to keys [first, last], row r limited to
+ * [row_first[r], row_last[r]] (empty when row_first > row_last), in steps of
+ * NSA_ATTEND_CHUNK keys. s holds m * NSA_ATTEND_CHUNK floats; lo and hi m
+ * ints each. */
+void nsa_attend_keys(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                     int64_t first, int64_t last, const int64_t *row_first,
+                     const int64_t *row_last, const nsa_softmax_state *state, float *s,
+                     int32_t *lo, int32_t *hi);
+
+#endif /* NSA_ATTEND_H */
