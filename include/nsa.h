@@ -93,8 +93,22 @@ NSA_API const char *nsa_version(void);
 /* ------------------------------------------------------------------------ */
 
 /* What lives for the process: the hardware topology (hwloc), the thread
- * budget, the diagnostic channel. Opaque. */
+ * pool, the instruction set the kernels use, the diagnostic channel.
+ * Opaque. */
 typedef struct nsa_context nsa_context;
+
+/* Instruction sets of the kernels. On x86-64, ref < avx2 < avx512; on
+ * aarch64, ref < neon. The library picks the best one the CPU and OS support
+ * at run time (CPUID + XGETBV on x86-64, getauxval on aarch64). */
+typedef enum nsa_isa {
+    NSA_ISA_REF = 0,    /* portable C */
+    NSA_ISA_AVX2 = 1,   /* AVX2 + FMA */
+    NSA_ISA_AVX512 = 2, /* AVX-512 F/BW/DQ/VL */
+    NSA_ISA_NEON = 3    /* Advanced SIMD (aarch64) */
+} nsa_isa;
+
+/* "ref", "avx2", "avx512", "neon"; "unknown" otherwise. */
+NSA_API const char *nsa_isa_name(nsa_isa isa);
 
 typedef struct nsa_context_options {
     /* Worker threads used by each call. 0 = the NSA_NUM_THREADS environment
@@ -104,18 +118,23 @@ typedef struct nsa_context_options {
      * thread, which works too, is never rebound); 0 = leave placement to the
      * OS. */
     int32_t bind_threads;
+    /* The highest instruction set the kernels may use: an nsa_isa value, or
+     * -1 = the NSA_MAX_ISA environment variable (ref, avx2, avx512 or neon)
+     * if set, else no cap. Capped to what the CPU supports. */
+    int32_t max_isa;
     /* 1 = print one line per decision (kernel choice, thread count) to
      * stderr; 0 = silent; -1 = the NSA_VERBOSE environment variable. */
     int32_t verbose;
 } nsa_context_options;
 
 /* Fills opts with the defaults: num_threads = 0, bind_threads = 1,
- * verbose = -1. */
+ * max_isa = -1, verbose = -1. */
 NSA_API void nsa_context_options_init(nsa_context_options *opts);
 
 /* Creates a context. opts may be NULL for the defaults.
  * Errors: NSA_ERROR_NULL_POINTER (ctx), NSA_ERROR_INVALID_ARGUMENT (negative
- * num_threads, bind_threads not 0 or 1), NSA_ERROR_SYSTEM (hwloc could not
+ * num_threads, bind_threads not 0 or 1, max_isa out of range, NSA_MAX_ISA
+ * not a known name), NSA_ERROR_SYSTEM (hwloc could not
  * read the topology, or a thread could not be started),
  * NSA_ERROR_OUT_OF_MEMORY. On failure *ctx is set to NULL. */
 NSA_API nsa_status nsa_context_create(const nsa_context_options *opts,
@@ -134,6 +153,9 @@ NSA_API const char *nsa_context_last_error(const nsa_context *ctx);
 
 /* The number of worker threads calls on this context use (>= 1). */
 NSA_API int32_t nsa_context_num_threads(const nsa_context *ctx);
+
+/* The instruction set the context's plans use. */
+NSA_API nsa_isa nsa_context_isa(const nsa_context *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* Configuration (spec, "Shapes and names")                                  */
@@ -203,7 +225,8 @@ NSA_API nsa_status nsa_plan_create(nsa_context *ctx, const nsa_config *cfg,
 /* Releases a plan. NULL is accepted and ignored. */
 NSA_API void nsa_plan_destroy(nsa_plan *plan);
 
-/* Copies the plan's configuration into *cfg. */
+/* Copies the plan's configuration into *cfg.
+ * Errors: NSA_ERROR_NULL_POINTER (plan or cfg). */
 NSA_API nsa_status nsa_plan_get_config(const nsa_plan *plan, nsa_config *cfg);
 
 /* A static one-line description of the kernels and threads the plan uses,
@@ -221,7 +244,7 @@ NSA_API const char *nsa_plan_describe(const nsa_plan *plan);
 typedef struct nsa_batch {
     int64_t num_seqs;          /* B >= 0 */
     int64_t total_tokens;      /* T >= 0 */
-    const int64_t *cu_seqlens; /* [B + 1] */
+    const int64_t *cu_seqlens; /* [B + 1]; may be NULL when B = 0 and T = 0 */
 } nsa_batch;
 
 /* Parameters of phi for K or for V (spec section 1), D being Dk for K and

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "cpu_features.h"
 
 void nsa_context_options_init(nsa_context_options *opts)
 {
@@ -17,6 +18,7 @@ void nsa_context_options_init(nsa_context_options *opts)
         return;
     opts->num_threads = 0;
     opts->bind_threads = 1;
+    opts->max_isa = -1;
     opts->verbose = -1;
 }
 
@@ -32,6 +34,22 @@ static int32_t env_positive_int(const char *name)
     if (errno != 0 || *end != '\0' || value <= 0 || value > 4096)
         return 0;
     return (int32_t)value;
+}
+
+/* The best ISA the host supports at or below the cap: the option, else
+ * NSA_MAX_ISA, else none. -1 for an unknown NSA_MAX_ISA. */
+static int choose_isa(int32_t max_isa)
+{
+    if (max_isa < 0) {
+        const char *text = getenv("NSA_MAX_ISA");
+        max_isa = text != NULL && *text != '\0' ? nsa_isa_parse(text) : NSA_ISA_NEON;
+        if (max_isa < 0)
+            return -1;
+    }
+    for (int isa = max_isa; isa > NSA_ISA_REF; isa--)
+        if (nsa_host_supports((nsa_isa)isa))
+            return isa;
+    return NSA_ISA_REF;
 }
 
 static int32_t count_cores(hwloc_topology_t topology)
@@ -51,7 +69,11 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     nsa_context_options_init(&defaults);
     if (opts == NULL)
         opts = &defaults;
-    if (opts->num_threads < 0 || (opts->bind_threads != 0 && opts->bind_threads != 1))
+    if (opts->num_threads < 0 || (opts->bind_threads != 0 && opts->bind_threads != 1) ||
+        opts->max_isa < -1 || opts->max_isa > NSA_ISA_NEON)
+        return NSA_ERROR_INVALID_ARGUMENT;
+    int isa = choose_isa(opts->max_isa);
+    if (isa < 0)
         return NSA_ERROR_INVALID_ARGUMENT;
 
     nsa_context *c = calloc(1, sizeof *c);
@@ -69,6 +91,7 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
         return NSA_ERROR_SYSTEM;
     }
 
+    c->isa = (nsa_isa)isa;
     c->verbose = opts->verbose >= 0 ? (opts->verbose > 0) : (env_positive_int("NSA_VERBOSE") > 0);
     c->num_threads = opts->num_threads;
     if (c->num_threads == 0)
@@ -81,9 +104,10 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
         nsa_context_destroy(c);
         return status;
     }
-    nsa_log(c, "libnsa %s: context with %d threads (%d cores), %s", NSA_VERSION_STRING,
-            (int)c->num_threads, (int)count_cores(c->topology),
-            opts->bind_threads ? "bound to cores" : "unbound");
+    nsa_log(c, "libnsa %s: context with %d threads (%d cores), %s; isa %s (host best %s)",
+            NSA_VERSION_STRING, (int)c->num_threads, (int)count_cores(c->topology),
+            opts->bind_threads ? "bound to cores" : "unbound", nsa_isa_name(c->isa),
+            nsa_isa_name(nsa_host_isa()));
     *ctx = c;
     return NSA_SUCCESS;
 }
@@ -106,4 +130,9 @@ const char *nsa_context_last_error(const nsa_context *ctx)
 int32_t nsa_context_num_threads(const nsa_context *ctx)
 {
     return ctx == NULL ? 1 : ctx->num_threads;
+}
+
+nsa_isa nsa_context_isa(const nsa_context *ctx)
+{
+    return ctx == NULL ? NSA_ISA_REF : ctx->isa;
 }

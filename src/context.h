@@ -21,6 +21,7 @@ struct nsa_context {
     hwloc_topology_t topology;
     int32_t num_threads;
     int32_t verbose;
+    nsa_isa isa; /* the kernels' instruction set, capped by max_isa */
     nsa_pool *pool; /* num_threads workers, the caller included */
     /* Guards last_error: several threads may fail on one context at once. */
     pthread_mutex_t error_lock;

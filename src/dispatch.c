@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * dispatch.c — the choice of kernels. The table is filled with the portable
- * reference kernels; instruction-set specific kernels override slots in
- * ascending ISA order as they are added.
+ * dispatch.c — the choice of kernels. The table starts with the portable
+ * reference kernels; then every line of the registry (simd/ukernels.inc),
+ * in its ascending ISA order, overrides its slot if its ISA is at or below
+ * the context's. A plan copies the table, so plans never change.
  */
 #include <stdio.h>
 
+#include "config.h"
 #include "plan.h"
 
 void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *description,
@@ -18,6 +20,13 @@ void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *
         .gate_mix = nsa_f32_gate_mix_ukernel__ref,
         .pool = nsa_f32_pool_ukernel__ref,
     };
-    snprintf(description, description_size, "isa=ref threads=%d", (int)ctx->num_threads);
-    nsa_log(ctx, "dispatch: all kernels ref");
+#define NSA_UKERNEL(kernel_isa, slot, fn)                                            \
+    if ((kernel_isa) <= ctx->isa) {                                                  \
+        kernels->slot = fn;                                                          \
+        nsa_log(ctx, "dispatch: %-8s -> %s", #slot, #fn);                            \
+    }
+#include "ukernels.inc"
+#undef NSA_UKERNEL
+    snprintf(description, description_size, "isa=%s threads=%d", nsa_isa_name(ctx->isa),
+             (int)ctx->num_threads);
 }

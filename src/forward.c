@@ -226,7 +226,7 @@ static void choose_blocks(const forward_run *run, int64_t start, int64_t len, in
         int32_t *blocks = t->blocks + tq * n;
         if (call->given_indices != NULL) {
             memcpy(blocks, call->given_indices + (token * hkv + h) * n, (size_t)n * sizeof *blocks);
-            nsa_sort_blocks(blocks, (int32_t)n);
+            nsa_normalize_blocks(blocks, (int32_t)n);
             continue;
         }
         const int64_t nc = nsa_visible_compressed(cfg, pos, len);

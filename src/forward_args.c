@@ -104,13 +104,17 @@ static nsa_status check_compress_params(const nsa_plan *plan, const nsa_compress
         {"w2", params ? params->w2 : NULL, kind == NSA_COMPRESS_MLP},
     };
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        if (fields[i].needed && params == NULL)
+            return nsa_fail(plan->ctx, NSA_ERROR_NULL_POINTER,
+                            "%s is NULL but %s compression needs its %s", name,
+                            kind_names[kind], fields[i].field);
         if (fields[i].needed && fields[i].ptr == NULL)
             return nsa_fail(plan->ctx, NSA_ERROR_NULL_POINTER,
-                            "%s%s is NULL but %s compression needs it", name,
+                            "%s->%s is NULL but %s compression needs it", name,
                             fields[i].field, kind_names[kind]);
         if (!fields[i].needed && fields[i].ptr != NULL)
             return nsa_fail(plan->ctx, NSA_ERROR_INVALID_ARGUMENT,
-                            "%s%s is set but %s compression does not use it", name,
+                            "%s->%s is set but %s compression does not use it", name,
                             fields[i].field, kind_names[kind]);
     }
     return NSA_SUCCESS;
@@ -130,20 +134,21 @@ static nsa_status check_given_indices(const forward_call *call)
                 const int32_t *row = call->given_indices + (tok * hkv + h) * n;
                 for (int64_t s = 0; s < n; s++) {
                     int32_t j = row[s];
-                    const char *problem = NULL;
                     if (j < -1 || j >= blocks)
-                        problem = "out of range";
-                    for (int64_t r = 0; problem == NULL && j >= 0 && r < s; r++)
-                        if (row[r] == j)
-                            problem = "repeated";
-                    if (problem != NULL)
                         return nsa_fail(call->plan->ctx, NSA_ERROR_INVALID_INDICES,
                                         "block_indices[token %lld][kv head %lld][slot %lld] = %d "
-                                        "is %s: sequence %lld has length %lld, so blocks 0..%lld "
-                                        "(or -1)",
+                                        "is out of range: sequence %lld has length %lld, so "
+                                        "blocks 0..%lld (or -1 for an unused slot)",
                                         (long long)tok, (long long)h, (long long)s, (int)j,
-                                        problem, (long long)b, (long long)(cu[b + 1] - cu[b]),
+                                        (long long)b, (long long)(cu[b + 1] - cu[b]),
                                         (long long)(blocks - 1));
+                    for (int64_t r = 0; j >= 0 && r < s; r++)
+                        if (row[r] == j)
+                            return nsa_fail(call->plan->ctx, NSA_ERROR_INVALID_INDICES,
+                                            "block_indices[token %lld][kv head %lld] lists "
+                                            "block %d twice (slots %lld and %lld)",
+                                            (long long)tok, (long long)h, (int)j, (long long)r,
+                                            (long long)s);
                 }
             }
         }
@@ -160,9 +165,9 @@ nsa_status nsa_forward_check(forward_call *call)
     if (status == NSA_SUCCESS)
         status = check_tensors(call);
     if (status == NSA_SUCCESS)
-        status = check_compress_params(plan, call->cmp_k, "cmp_k->");
+        status = check_compress_params(plan, call->cmp_k, "cmp_k");
     if (status == NSA_SUCCESS)
-        status = check_compress_params(plan, call->cmp_v, "cmp_v->");
+        status = check_compress_params(plan, call->cmp_v, "cmp_v");
     if (status == NSA_SUCCESS && call->given_indices != NULL)
         status = check_given_indices(call);
     return status;

@@ -33,6 +33,17 @@ static int is_forced(const nsa_config *cfg, int64_t block, int64_t query_block)
            (block <= query_block && block > query_block - cfg->sel_local);
 }
 
+void nsa_normalize_blocks(int32_t *blocks, int32_t n)
+{
+    int32_t count = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (blocks[i] >= 0)
+            blocks[count++] = blocks[i];
+    nsa_sort_blocks(blocks, count);
+    for (int32_t i = count; i < n; i++)
+        blocks[i] = -1;
+}
+
 void nsa_sort_blocks(int32_t *blocks, int32_t count)
 {
     for (int32_t i = 1; i < count; i++) {

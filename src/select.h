@@ -28,4 +28,8 @@ int32_t nsa_select_blocks(const nsa_config *cfg, const float *score, int64_t num
 /* Sorts count block indices ascending (count is at most n, a few dozen). */
 void nsa_sort_blocks(int32_t *blocks, int32_t count);
 
+/* Puts n caller-given entries (-1 = unused, any order) in the form selection
+ * produces: the blocks ascending, then the -1 padding. */
+void nsa_normalize_blocks(int32_t *blocks, int32_t n);
+
 #endif /* NSA_SELECT_H */

@@ -22,15 +22,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h" /* which ISAs the registry may name */
+
 enum { NSA_PANEL = 16 };
 
 /* s[m][np * NSA_PANEL] (row stride lds) = scale * q[m][dk] . K^T, for the np
  * consecutive key panels at kp (panel stride dk * NSA_PANEL). */
-typedef void (*nsa_qk_fn)(size_t m, size_t np, size_t dk, float scale, const float *q,
+typedef void nsa_qk_ukernel(size_t m, size_t np, size_t dk, float scale, const float *q,
                           size_t ldq, const float *kp, float *s, size_t lds);
 
 /* acc[m][dv] (row stride ldacc) += p[m][nk] (ldp) . v[nk][dv] (ldv). */
-typedef void (*nsa_pv_fn)(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
+typedef void nsa_pv_ukernel(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
                           const float *v, size_t ldv, float *acc, size_t ldacc);
 
 /* One online-softmax step over a tile of scores s[m][nk] (stride lds). Row r
@@ -41,7 +43,7 @@ typedef void (*nsa_pv_fn)(size_t m, size_t nk, size_t dv, const float *p, size_t
  * row_sum[r] gains their sum; row_max[r] = new_max. A row with no column is
  * left alone except that s[r][0..nk) becomes 0. Start rows with row_max =
  * -INFINITY, row_sum = 0, acc = 0. */
-typedef void (*nsa_softmax_fn)(size_t m, size_t nk, const int32_t *lo, const int32_t *hi,
+typedef void nsa_softmax_ukernel(size_t m, size_t nk, const int32_t *lo, const int32_t *hi,
                                float *s, size_t lds, float *row_max, float *row_sum, size_t dv,
                                float *acc, size_t ldacc);
 
@@ -50,39 +52,36 @@ typedef void (*nsa_softmax_fn)(size_t m, size_t nk, const int32_t *lo, const int
  *        + g_swa swa_acc[r]/swa_sum[r], gates[r][3] = (g_cmp, g_slc, g_swa);
  * a branch whose sum is 0 saw no key and contributes 0. The accumulators
  * have row stride ldacc; gates and out have contiguous rows. */
-typedef void (*nsa_gate_mix_fn)(size_t m, size_t dv, const float *gates, const float *cmp_acc,
+typedef void nsa_gate_mix_ukernel(size_t m, size_t dv, const float *gates, const float *cmp_acc,
                                 const float *cmp_sum, const float *slc_acc,
                                 const float *slc_sum, const float *swa_acc,
                                 const float *swa_sum, size_t ldacc, float *out);
 
 /* Weighted pooling of one window: y[dim] = sum_{j<l} weight[j] x[j][dim],
  * x rows of stride ldx. Serves the mean and weighted kinds of phi. */
-typedef void (*nsa_pool_fn)(size_t l, size_t dim, const float *weight, const float *x,
+typedef void nsa_pool_ukernel(size_t l, size_t dim, const float *weight, const float *x,
                             size_t ldx, float *y);
 
+/* The table a plan calls: one pointer per kernel kind (slot). */
 typedef struct nsa_ukernels {
-    nsa_qk_fn qk;
-    nsa_pv_fn pv;
-    nsa_softmax_fn softmax;
-    nsa_gate_mix_fn gate_mix;
-    nsa_pool_fn pool;
+    nsa_qk_ukernel *qk;
+    nsa_pv_ukernel *pv;
+    nsa_softmax_ukernel *softmax;
+    nsa_gate_mix_ukernel *gate_mix;
+    nsa_pool_ukernel *pool;
 } nsa_ukernels;
 
 /* The portable scalar kernels (src/ref/): the executable specification every
  * optimised kernel is tested against. */
-void nsa_f32_qk_ukernel__ref(size_t m, size_t np, size_t dk, float scale, const float *q,
-                             size_t ldq, const float *kp, float *s, size_t lds);
-void nsa_f32_pv_ukernel__ref(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
-                             const float *v, size_t ldv, float *acc, size_t ldacc);
-void nsa_f32_softmax_ukernel__ref(size_t m, size_t nk, const int32_t *lo, const int32_t *hi,
-                                  float *s, size_t lds, float *row_max, float *row_sum,
-                                  size_t dv, float *acc, size_t ldacc);
-void nsa_f32_gate_mix_ukernel__ref(size_t m, size_t dv, const float *gates,
-                                   const float *cmp_acc, const float *cmp_sum,
-                                   const float *slc_acc, const float *slc_sum,
-                                   const float *swa_acc, const float *swa_sum, size_t ldacc,
-                                   float *out);
-void nsa_f32_pool_ukernel__ref(size_t l, size_t dim, const float *weight, const float *x,
-                               size_t ldx, float *y);
+nsa_qk_ukernel nsa_f32_qk_ukernel__ref;
+nsa_pv_ukernel nsa_f32_pv_ukernel__ref;
+nsa_softmax_ukernel nsa_f32_softmax_ukernel__ref;
+nsa_gate_mix_ukernel nsa_f32_gate_mix_ukernel__ref;
+nsa_pool_ukernel nsa_f32_pool_ukernel__ref;
+
+/* The optimised kernels, one declaration per line of the registry. */
+#define NSA_UKERNEL(isa, slot, fn) nsa_##slot##_ukernel fn;
+#include "ukernels.inc"
+#undef NSA_UKERNEL
 
 #endif /* NSA_UKERNELS_H */
