@@ -321,6 +321,23 @@ NSA_API nsa_status nsa_forward_with_indices(
     const nsa_compress_params *cmp_k, const nsa_compress_params *cmp_v,
     const int32_t *block_indices, float *out);
 
+/* ------------------------------------------------------------------------ */
+/* Dense attention                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* nsa_dense_forward: full softmax attention over the same layout, causal or
+ * not per the plan: out = softmax(scale q K^T) V, every key of the
+ * sequence (up to the query when causal). Built from the same kernels and
+ * threads as nsa_forward; it is the baseline NSA is measured against and a
+ * reference for comparing NSA with full attention.
+ *
+ *   q [T][Hq][Dk], k [T][Hkv][Dk], v [T][Hkv][Dv], out [T][Hq][Dv]
+ *
+ * Memory: O(T). Errors: as nsa_forward (no gates or phi parameters). */
+NSA_API nsa_status nsa_dense_forward(const nsa_plan *plan, const nsa_batch *batch,
+                                     const float *q, const float *k, const float *v,
+                                     float *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,8 +28,9 @@
 #include "select.h"
 
 /* Rows per tile the kernels are tuned for: G heads x ceil(TILE_ROWS / G)
- * queries. */
-enum { TILE_ROWS = 16 };
+ * queries. Dense attention has no per-query selection to share, so larger
+ * tiles only add reuse of each key. */
+enum { TILE_ROWS = 16, DENSE_TILE_ROWS = 64 };
 
 /* A unit of work: phase 1 packs and compresses panels [first, first+count)
  * of one sequence, head and tensor; phase 2 attends queries
@@ -148,6 +149,8 @@ static int64_t prepare_items(const forward_run *run, work_item *items)
     for (int64_t b = 0; b < B; b++) {
         int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
         int64_t np = run->p_offset[b + 1] - run->p_offset[b];
+        if (run->call.dense)
+            nc = 0; /* dense attention needs only the key panels */
         for (int32_t h = 0; h < hkv; h++) {
             for (int64_t first = 0; first < nc; first += step)
                 for (int32_t tensor = 0; tensor < 2; tensor++, n++)
@@ -252,7 +255,7 @@ static void attend_selected(const forward_run *run, const nsa_rows *rows, const 
     const nsa_config *cfg = &run->call.plan->cfg;
     const nsa_ukernels *uk = &run->call.plan->kernels;
     const int64_t n = cfg->sel_count, g = run->call.plan->group_size, lsel = cfg->sel_block;
-    int64_t cursor[TILE_ROWS];
+    int64_t cursor[TILE_ROWS]; /* tile_queries <= TILE_ROWS */
     for (int64_t tq = 0; tq < count; tq++)
         cursor[tq] = 0;
     for (;;) {
@@ -365,20 +368,63 @@ static void attend_tile(const forward_run *run, const work_item *it, tile_scratc
     }
 }
 
+/* nsa_dense_forward's tile: every row attends to all keys of the sequence
+ * (up to its query when causal), through the same kernels. */
+static void attend_tile_dense(const forward_run *run, const work_item *it, tile_scratch *t)
+{
+    const forward_call *call = &run->call;
+    const nsa_config *cfg = &call->plan->cfg;
+    const int64_t b = it->seq, h = it->head, t0 = it->first, count = it->count;
+    const int64_t start = call->batch->cu_seqlens[b], len = call->batch->cu_seqlens[b + 1] - start;
+    const int64_t g = call->plan->group_size, hq = cfg->num_q_heads, hkv = cfg->num_kv_heads;
+    const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const size_t m = (size_t)(count * g);
+    for (int64_t tq = 0; tq < count; tq++) {
+        memcpy(t->q + (size_t)(tq * g * dk), call->q + (size_t)(((start + t0 + tq) * hq + h * g) * dk),
+               (size_t)(g * dk) * sizeof(float));
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            t->row_first[r] = 0;
+            t->row_last[r] = cfg->causal ? t0 + tq : len - 1;
+        }
+    }
+    const nsa_rows rows = {.m = m, .dk = (size_t)dk, .dv = (size_t)dv, .scale = cfg->scale,
+                           .q = t->q};
+    const nsa_keys raw = {.kp = seq_panels(run, run->kp, run->p_offset, b, h),
+                          .v = call->v + (size_t)((start * hkv + h) * dv),
+                          .ldv = (size_t)(hkv * dv), .count = len};
+    const nsa_softmax_state *s = &t->branch[2];
+    nsa_softmax_state_reset(s, m, (size_t)dv);
+    nsa_attend_keys(&call->plan->kernels, &rows, &raw, 0, cfg->causal ? t0 + count - 1 : len - 1,
+                    t->row_first, t->row_last, s, t->s, t->lo, t->hi);
+    for (int64_t tq = 0; tq < count; tq++) {
+        float *out = call->out + (size_t)(((start + t0 + tq) * hq + h * g) * dv);
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++, out += dv)
+            for (int64_t c = 0; c < dv; c++)
+                out[c] = s->acc[(size_t)(r * dv + c)] / s->sum[r];
+    }
+}
+
 static void attend_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     forward_run *run = arg;
     tile_scratch scratch;
     tile_scratch_carve(run, run->scratch[worker], &scratch);
     (void)num_workers;
-    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;)
-        attend_tile(run, &run->items[i], &scratch);
+    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
+        if (run->call.dense)
+            attend_tile_dense(run, &run->items[i], &scratch);
+        else
+            attend_tile(run, &run->items[i], &scratch);
+    }
 }
 
 /* Keys a query at position t attends to, roughly: the cost of its work. */
-static int64_t query_cost(const nsa_config *cfg, int64_t t, int64_t len)
+static int64_t query_cost(const forward_call *call, int64_t t, int64_t len)
 {
+    const nsa_config *cfg = &call->plan->cfg;
     int64_t seen = cfg->causal ? t + 1 : len;
+    if (call->dense)
+        return seen;
     int64_t selected = (int64_t)cfg->sel_count * cfg->sel_block;
     return nsa_visible_compressed(cfg, t, len) + (seen < selected ? seen : selected) +
            (seen < cfg->window ? seen : cfg->window);
@@ -397,7 +443,7 @@ static int64_t attend_items(const forward_run *run, work_item *items)
                 if (items != NULL)
                     items[n] = (work_item){.seq = (int32_t)b, .head = h, .first = first,
                                            .count = count,
-                                           .cost = query_cost(cfg, first + count - 1, len)};
+                                           .cost = query_cost(&run->call, first + count - 1, len)};
         }
     }
     return n;
@@ -449,7 +495,8 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     const nsa_config *cfg = &call->plan->cfg;
     const int64_t B = call->batch->num_seqs, hkv = cfg->num_kv_heads;
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
-    run->tile_queries = (TILE_ROWS + call->plan->group_size - 1) / call->plan->group_size;
+    const int64_t rows = call->dense ? DENSE_TILE_ROWS : TILE_ROWS;
+    run->tile_queries = (rows + call->plan->group_size - 1) / call->plan->group_size;
     run->c_offset = malloc(3 * (size_t)(B + 1) * sizeof *run->c_offset);
     if (run->c_offset == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
@@ -525,6 +572,14 @@ nsa_status nsa_forward(const nsa_plan *plan, const nsa_batch *batch, const float
     forward_call call = {.plan = plan, .batch = batch, .q = q, .k = k, .v = v, .gates = gates,
                          .cmp_k = cmp_k, .cmp_v = cmp_v, .out = out,
                          .indices_out = block_indices_out};
+    return run_forward(&call);
+}
+
+nsa_status nsa_dense_forward(const nsa_plan *plan, const nsa_batch *batch, const float *q,
+                             const float *k, const float *v, float *out)
+{
+    forward_call call = {.plan = plan, .batch = batch, .q = q, .k = k, .v = v, .out = out,
+                         .dense = 1};
     return run_forward(&call);
 }
 

@@ -17,6 +17,7 @@ typedef struct forward_call {
     const int32_t *given_indices; /* caller's blocks, or NULL to select */
     float *out;
     int32_t *indices_out; /* optional */
+    int dense;            /* nsa_dense_forward: no gates, phi or selection */
     int64_t max_len;      /* longest sequence, set by the checks */
 } forward_call;
 

@@ -75,13 +75,16 @@ static nsa_status check_tensors(const forward_call *call)
     const struct {
         const char *name;
         const void *ptr;
-    } tensors[] = {{"q", call->q}, {"k", call->k}, {"v", call->v}, {"gates", call->gates},
-                   {"out", call->out}, {"block_indices", call->given_indices}};
-    size_t count = sizeof tensors / sizeof tensors[0] - (call->given_indices == NULL);
+        int required;
+    } tensors[] = {{"q", call->q, 1},
+                   {"k", call->k, 1},
+                   {"v", call->v, 1},
+                   {"gates", call->gates, !call->dense},
+                   {"out", call->out, 1}};
     if (call->batch->total_tokens == 0)
         return NSA_SUCCESS;
-    for (size_t i = 0; i < count; i++)
-        if (tensors[i].ptr == NULL)
+    for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++)
+        if (tensors[i].required && tensors[i].ptr == NULL)
             return nsa_fail(call->plan->ctx, NSA_ERROR_NULL_POINTER, "%s is NULL",
                             tensors[i].name);
     return NSA_SUCCESS;
@@ -164,9 +167,9 @@ nsa_status nsa_forward_check(forward_call *call)
         status = check_sizes(plan, call->batch->total_tokens);
     if (status == NSA_SUCCESS)
         status = check_tensors(call);
-    if (status == NSA_SUCCESS)
+    if (status == NSA_SUCCESS && !call->dense)
         status = check_compress_params(plan, call->cmp_k, "cmp_k");
-    if (status == NSA_SUCCESS)
+    if (status == NSA_SUCCESS && !call->dense)
         status = check_compress_params(plan, call->cmp_v, "cmp_v");
     if (status == NSA_SUCCESS && call->given_indices != NULL)
         status = check_given_indices(call);
