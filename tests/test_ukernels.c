@@ -1,0 +1,326 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_ukernels.c — every kernel of the registry (simd/ukernels.inc) against
+ * the reference kernel of its slot (src/ref/), over shapes that straddle
+ * every tile boundary: rows below, at and above the row tile, column tails
+ * of every width, single and odd panel counts, empty and partial softmax
+ * ranges. Each case also checks that nothing outside the contract's rows
+ * and columns is written (sentinels around every output) and, under ASan,
+ * that nothing past an exactly sized input is read.
+ *
+ * One cmocka test per registry line; a line whose ISA this CPU lacks is
+ * skipped, so the same binary runs everywhere.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "cpu_features.h"
+#include "ukernels.h"
+
+/* ------------------------------------------------------------ registry -- */
+
+typedef enum slot { SLOT_qk, SLOT_pv, SLOT_softmax, SLOT_gate_mix, SLOT_pool } slot;
+
+typedef struct entry {
+    nsa_isa isa;
+    slot kind;
+    const char *name;
+    void (*fn)(void);
+} entry;
+
+/* Not const: cmocka passes each entry as a test's mutable state. The last
+ * entry only ends the list (a build may have no optimised kernel at all). */
+static entry registry[] = {
+#define NSA_UKERNEL(isa, kslot, fn) {isa, SLOT_##kslot, #fn, (void (*)(void))fn},
+#include "ukernels.inc"
+#undef NSA_UKERNEL
+    {NSA_ISA_REF, SLOT_qk, NULL, NULL},
+};
+
+/* ------------------------------------------------------------- helpers -- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static float uniform(float lo, float hi)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return lo + (hi - lo) * (float)((rng_state >> 40) * 0x1.0p-24);
+}
+
+static float *random_floats(size_t n, float lo, float hi)
+{
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = uniform(lo, hi);
+    return x;
+}
+
+static float *copy_floats(const float *x, size_t n)
+{
+    float *y = malloc((n ? n : 1) * sizeof *y);
+    assert_non_null(y);
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+/* A value no kernel computes: marks memory a kernel must not write. */
+static const float SENTINEL = -12345.5f;
+
+static void fill_sentinel(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = SENTINEL;
+}
+
+/* Compares a rows x cols region (stride ld) and requires every other
+ * element of the ld * rows_total buffer to be equal in both (untouched or
+ * identical). tol scales with the magnitude each element was built from. */
+static void expect_region(const char *what, const float *got, const float *want, size_t rows,
+                          size_t cols, size_t ld, size_t total, double atol, double rtol)
+{
+    for (size_t i = 0; i < total; i++) {
+        size_t r = i / ld, c = i % ld;
+        double g = got[i], w = want[i];
+        int inside = r < rows && c < cols;
+        if (inside ? fabs(g - w) <= atol + rtol * fabs(w) : g == w)
+            continue;
+        fail_msg("%s: element [%zu][%zu] (%s the output region %zux%zu): got %.9g, want %.9g", what,
+                 r, c, inside ? "inside" : "outside", rows, cols, g, w);
+    }
+}
+
+/* ---------------------------------------------------------------- cases -- */
+
+static void check_qk(nsa_qk_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 33};
+    static const size_t nps[] = {1, 2, 3, 4, 5};
+    static const size_t dks[] = {1, 3, 8, 17, 64, 128, 129};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t b = 0; b < sizeof nps / sizeof *nps; b++)
+            for (size_t c = 0; c < sizeof dks / sizeof *dks; c++) {
+                const size_t m = ms[a], np = nps[b], dk = dks[c];
+                const size_t ldq = dk + 3, lds = np * NSA_PANEL + 5, total = (m + 1) * lds;
+                float *q = random_floats((m - 1) * ldq + dk, -1, 1);
+                float *kp = random_floats(np * dk * NSA_PANEL, -1, 1);
+                float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
+                fill_sentinel(got, total);
+                fill_sentinel(want, total);
+                fn(m, np, dk, 0.37f, q, ldq, kp, got, lds);
+                nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
+                char what[128];
+                snprintf(what, sizeof what, "%s m=%zu np=%zu dk=%zu", name, m, np, dk);
+                expect_region(what, got, want, m, np * NSA_PANEL, lds, total, 2e-6 * (double)dk,
+                              1e-5);
+                free(q);
+                free(kp);
+                free(got);
+                free(want);
+            }
+}
+
+static void check_pv(nsa_pv_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 3, 4, 5, 8, 9, 16, 17};
+    static const size_t nks[] = {1, 2, 7, 16, 64, 65, 300};
+    static const size_t dvs[] = {1, 3, 8, 12, 15, 16, 17, 31, 32, 33, 48, 128, 130};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t b = 0; b < sizeof nks / sizeof *nks; b++)
+            for (size_t c = 0; c < sizeof dvs / sizeof *dvs; c++) {
+                const size_t m = ms[a], nk = nks[b], dv = dvs[c];
+                const size_t ldp = nk + 2, ldv = dv + 5, ldacc = dv + 4, total = (m + 1) * ldacc;
+                float *p = random_floats((m - 1) * ldp + nk, 0, 1);
+                float *v = random_floats((nk - 1) * ldv + dv, -1, 1); /* exact: ASan sees over-reads */
+                float *got = random_floats(total, -1, 1);
+                for (size_t r = 0; r <= m; r++) /* sentinels right of each row and below */
+                    for (size_t col = 0; col < ldacc; col++)
+                        if (col >= dv || r == m)
+                            got[r * ldacc + col] = SENTINEL;
+                float *want = copy_floats(got, total);
+                fn(m, nk, dv, p, ldp, v, ldv, got, ldacc);
+                nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc);
+                char what[128];
+                snprintf(what, sizeof what, "%s m=%zu nk=%zu dv=%zu", name, m, nk, dv);
+                expect_region(what, got, want, m, dv, ldacc, total, 2e-6 * (double)nk, 1e-5);
+                free(p);
+                free(v);
+                free(got);
+                free(want);
+            }
+}
+
+static void check_softmax(nsa_softmax_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 3, 8, 16, 17};
+    static const size_t nks[] = {1, 5, 16, 17, 64, 100, 257};
+    static const size_t dvs[] = {1, 7, 16, 33};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t b = 0; b < sizeof nks / sizeof *nks; b++)
+            for (size_t c = 0; c < sizeof dvs / sizeof *dvs; c++) {
+                const size_t m = ms[a], nk = nks[b], dv = dvs[c];
+                const size_t lds = nk + 3, ldacc = dv + 2;
+                int32_t lo[17], hi[17];
+                float max_got[17], max_want[17], sum_got[17], sum_want[17];
+                for (size_t r = 0; r < m; r++) {
+                    switch (r % 4) { /* full, partial, empty, out-of-range limits */
+                    case 0: lo[r] = 0; hi[r] = (int32_t)nk - 1; break;
+                    case 1: lo[r] = (int32_t)(nk / 3); hi[r] = (int32_t)(nk - 1 - nk / 4); break;
+                    case 2: lo[r] = 1; hi[r] = 0; break;
+                    default: lo[r] = -5; hi[r] = (int32_t)nk + 7; break;
+                    }
+                    /* half the rows start fresh, half carry state from a
+                     * previous step whose max may be above or below */
+                    max_got[r] = max_want[r] = r % 2 ? -INFINITY : uniform(-3, 3);
+                    sum_got[r] = sum_want[r] = r % 2 ? 0.0f : uniform(0.5f, 4);
+                }
+                float *s_got = random_floats((m + 1) * lds, -6, 6);
+                float *acc_got = random_floats((m + 1) * ldacc, -1, 1);
+                for (size_t r = 0; r <= m; r++)
+                    for (size_t col = 0; col < lds; col++)
+                        if (col >= nk || r == m)
+                            s_got[r * lds + col] = SENTINEL;
+                for (size_t r = 0; r <= m; r++) /* fresh rows start from acc = 0 */
+                    for (size_t col = 0; col < ldacc; col++)
+                        if (r == m || col >= dv)
+                            acc_got[r * ldacc + col] = SENTINEL;
+                        else if (r % 2)
+                            acc_got[r * ldacc + col] = 0.0f;
+                float *s_want = copy_floats(s_got, (m + 1) * lds);
+                float *acc_want = copy_floats(acc_got, (m + 1) * ldacc);
+                fn(m, nk, lo, hi, s_got, lds, max_got, sum_got, dv, acc_got, ldacc);
+                nsa_f32_softmax_ukernel__ref(m, nk, lo, hi, s_want, lds, max_want, sum_want, dv,
+                                             acc_want, ldacc);
+                char what[128];
+                snprintf(what, sizeof what, "%s m=%zu nk=%zu dv=%zu", name, m, nk, dv);
+                expect_region(what, s_got, s_want, m, nk, lds, (m + 1) * lds, 1e-7, 2e-6);
+                expect_region(what, acc_got, acc_want, m, dv, ldacc, (m + 1) * ldacc, 1e-7, 2e-6);
+                for (size_t r = 0; r < m; r++) {
+                    assert_true(max_got[r] == max_want[r] ||
+                                (isinf(max_got[r]) && isinf(max_want[r])));
+                    assert_float_equal(sum_got[r], sum_want[r], 2e-6 * (1 + fabs(sum_want[r])));
+                }
+                free(s_got);
+                free(s_want);
+                free(acc_got);
+                free(acc_want);
+            }
+}
+
+static void check_gate_mix(nsa_gate_mix_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 2, 16, 17};
+    static const size_t dvs[] = {1, 5, 8, 15, 16, 17, 128, 130};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t c = 0; c < sizeof dvs / sizeof *dvs; c++) {
+            const size_t m = ms[a], dv = dvs[c], ldacc = dv + 3, total = (m + 1) * dv;
+            float *gates = random_floats(3 * m, 0, 1);
+            float *accs[3], sums[3][17];
+            for (int b = 0; b < 3; b++) {
+                accs[b] = random_floats((m - 1) * ldacc + dv, -1, 1);
+                for (size_t r = 0; r < m; r++) /* some branches saw no key */
+                    sums[b][r] = (r + (size_t)b) % 5 == 0 ? 0.0f : uniform(0.5f, 3);
+            }
+            float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
+            fill_sentinel(got, total);
+            fill_sentinel(want, total);
+            fn(m, dv, gates, accs[0], sums[0], accs[1], sums[1], accs[2], sums[2], ldacc, got);
+            nsa_f32_gate_mix_ukernel__ref(m, dv, gates, accs[0], sums[0], accs[1], sums[1],
+                                          accs[2], sums[2], ldacc, want);
+            char what[128];
+            snprintf(what, sizeof what, "%s m=%zu dv=%zu", name, m, dv);
+            expect_region(what, got, want, m, dv, dv, total, 1e-6, 1e-6);
+            for (int b = 0; b < 3; b++)
+                free(accs[b]);
+            free(gates);
+            free(got);
+            free(want);
+        }
+}
+
+static void check_pool(nsa_pool_ukernel *fn, const char *name)
+{
+    static const size_t ls[] = {1, 2, 16, 32, 33};
+    static const size_t dims[] = {1, 3, 8, 15, 16, 17, 31, 64, 130};
+    for (size_t a = 0; a < sizeof ls / sizeof *ls; a++)
+        for (size_t c = 0; c < sizeof dims / sizeof *dims; c++) {
+            const size_t l = ls[a], dim = dims[c], ldx = dim + 7, total = dim + 9;
+            float *weight = random_floats(l, -1, 1);
+            float *x = random_floats((l - 1) * ldx + dim, -1, 1);
+            float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
+            fill_sentinel(got, total);
+            fill_sentinel(want, total);
+            fn(l, dim, weight, x, ldx, got);
+            nsa_f32_pool_ukernel__ref(l, dim, weight, x, ldx, want);
+            char what[128];
+            snprintf(what, sizeof what, "%s l=%zu dim=%zu", name, l, dim);
+            expect_region(what, got, want, 1, dim, total, total, 2e-6 * (double)l, 1e-5);
+            free(weight);
+            free(x);
+            free(got);
+            free(want);
+        }
+}
+
+/* ---------------------------------------------------------------- tests -- */
+
+static void test_registry_entry(void **state)
+{
+    const entry *e = *state;
+    if (!nsa_host_supports(e->isa)) {
+        print_message("%s: this CPU lacks %s, skipped\n", e->name, nsa_isa_name(e->isa));
+        skip();
+    }
+    switch (e->kind) {
+    case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, e->name); break;
+    case SLOT_pv: check_pv((nsa_pv_ukernel *)e->fn, e->name); break;
+    case SLOT_softmax: check_softmax((nsa_softmax_ukernel *)e->fn, e->name); break;
+    case SLOT_gate_mix: check_gate_mix((nsa_gate_mix_ukernel *)e->fn, e->name); break;
+    case SLOT_pool: check_pool((nsa_pool_ukernel *)e->fn, e->name); break;
+    }
+}
+
+/* The reference kernels against themselves would prove nothing; instead,
+ * check the reference softmax against a direct computation once, so the
+ * baseline every kernel is compared with is itself right. */
+static void test_reference_softmax_is_a_softmax(void **state)
+{
+    (void)state;
+    float s[5] = {0.5f, -1.0f, 2.0f, 0.0f, 9.0f}, acc[2] = {1.0f, 2.0f};
+    float row_max = 1.0f, row_sum = 3.0f;
+    int32_t lo = 0, hi = 3;
+    nsa_f32_softmax_ukernel__ref(1, 5, &lo, &hi, s, 5, &row_max, &row_sum, 2, acc, 2);
+    assert_float_equal(row_max, 2.0f, 0);
+    const float rescale = expf(1.0f - 2.0f);
+    const float e[4] = {expf(0.5f - 2), expf(-1.0f - 2), 1.0f, expf(-2.0f)};
+    assert_float_equal(row_sum, 3.0f * rescale + e[0] + e[1] + e[2] + e[3], 1e-6);
+    for (int j = 0; j < 4; j++)
+        assert_float_equal(s[j], e[j], 1e-7);
+    assert_float_equal(s[4], 0.0f, 0); /* outside [lo, hi] */
+    assert_float_equal(acc[1], 2.0f * rescale, 1e-7);
+}
+
+int main(void)
+{
+    enum { MAX_TESTS = 64 };
+    struct CMUnitTest tests[MAX_TESTS];
+    size_t count = 0;
+    tests[count++] = (struct CMUnitTest)cmocka_unit_test(test_reference_softmax_is_a_softmax);
+    for (size_t i = 0; registry[i].name != NULL && count < MAX_TESTS; i++) {
+        tests[count] = (struct CMUnitTest)cmocka_unit_test_prestate(test_registry_entry,
+                                                                    &registry[i]);
+        tests[count].name = registry[i].name;
+        count++;
+    }
+    return _cmocka_run_group_tests("ukernels", tests, count, NULL, NULL);
+}
