@@ -27,10 +27,13 @@
 #include "geometry.h"
 #include "select.h"
 
-/* Rows per tile the kernels are tuned for: G heads x ceil(TILE_ROWS / G)
- * queries. Dense attention has no per-query selection to share, so larger
- * tiles only add reuse of each key. */
-enum { TILE_ROWS = 16, DENSE_TILE_ROWS = 64 };
+/* Rows (queries x G heads) per tile. The compressed branch reads the same
+ * compressed keys for every query, so it runs on CMP_TILE_ROWS rows at once;
+ * the selected and window branches then run on sub-tiles of TILE_ROWS rows,
+ * small enough that the union of their queries' blocks stays close to each
+ * query's own. Dense attention has nothing to select, so its tiles are large
+ * for reuse alone. */
+enum { TILE_ROWS = 16, CMP_TILE_ROWS = 64, DENSE_TILE_ROWS = 64 };
 
 /* A unit of work: phase 1 packs and compresses panels [first, first+count)
  * of one sequence, head and tensor; phase 2 attends queries
@@ -46,7 +49,8 @@ enum { COMPRESS_ITEM_TOKENS = 256 }; /* a multiple of NSA_PANEL */
 /* One call in flight. */
 typedef struct forward_run {
     forward_call call;
-    int64_t tile_queries;
+    int64_t tile_queries; /* per work item */
+    int64_t sub_queries;  /* per selected/window sub-tile */
     /* Per sequence b, offsets [b] of its first compressed token, first key
      * panel and first compressed-key panel; entry [B] is the total. */
     int64_t *c_offset, *p_offset, *cp_offset;
@@ -250,12 +254,13 @@ static void choose_blocks(const forward_run *run, int64_t start, int64_t len, in
 /* Selected branch over the union of the tile's blocks, ascending; a row
  * takes a block only if its query chose it. */
 static void attend_selected(const forward_run *run, const nsa_rows *rows, const nsa_keys *keys,
-                            int64_t len, int64_t t0, int64_t count, tile_scratch *t)
+                            int64_t len, int64_t t0, int64_t count, const int32_t *chosen,
+                            const nsa_softmax_state *state, tile_scratch *t)
 {
     const nsa_config *cfg = &run->call.plan->cfg;
     const nsa_ukernels *uk = &run->call.plan->kernels;
     const int64_t n = cfg->sel_count, g = run->call.plan->group_size, lsel = cfg->sel_block;
-    int64_t cursor[TILE_ROWS]; /* tile_queries <= TILE_ROWS */
+    int64_t cursor[TILE_ROWS]; /* sub_queries <= TILE_ROWS */
     for (int64_t tq = 0; tq < count; tq++)
         cursor[tq] = 0;
     for (;;) {
@@ -263,7 +268,7 @@ static void attend_selected(const forward_run *run, const nsa_rows *rows, const 
         int64_t block = INT64_MAX;
         for (int64_t tq = 0; tq < count; tq++) {
             int64_t c = cursor[tq];
-            int32_t j = c < n ? t->blocks[tq * n + c] : -1;
+            int32_t j = c < n ? chosen[tq * n + c] : -1;
             if (j >= 0 && j < block)
                 block = j;
         }
@@ -272,20 +277,21 @@ static void attend_selected(const forward_run *run, const nsa_rows *rows, const 
         const int64_t first = block * lsel, last = first + lsel - 1;
         for (int64_t tq = 0; tq < count; tq++) {
             int64_t pos = t0 + tq, limit = cfg->causal ? pos : len - 1;
-            int takes = cursor[tq] < n && t->blocks[tq * n + cursor[tq]] == block;
+            int takes = cursor[tq] < n && chosen[tq * n + cursor[tq]] == block;
             cursor[tq] += takes;
             for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
                 t->row_first[r] = takes ? first : 1;
                 t->row_last[r] = takes ? (last < limit ? last : limit) : 0;
             }
         }
-        nsa_attend_keys(uk, rows, keys, first, last, t->row_first, t->row_last, &t->branch[1],
-                        t->s, t->lo, t->hi);
+        nsa_attend_keys(uk, rows, keys, first, last, t->row_first, t->row_last, state, t->s,
+                        t->lo, t->hi);
     }
 }
 
 static void attend_window(const forward_run *run, const nsa_rows *rows, const nsa_keys *keys,
-                          int64_t len, int64_t t0, int64_t count, tile_scratch *t)
+                          int64_t len, int64_t t0, int64_t count, const nsa_softmax_state *state,
+                          tile_scratch *t)
 {
     const nsa_config *cfg = &run->call.plan->cfg;
     const int64_t g = run->call.plan->group_size;
@@ -301,7 +307,7 @@ static void attend_window(const forward_run *run, const nsa_rows *rows, const ns
         }
     }
     nsa_attend_keys(&run->call.plan->kernels, rows, keys, first, last, t->row_first,
-                    t->row_last, &t->branch[2], t->s, t->lo, t->hi);
+                    t->row_last, state, t->s, t->lo, t->hi);
 }
 
 /* Compressed branch: one softmax step over every visible compressed token,
@@ -354,8 +360,21 @@ static void attend_tile(const forward_run *run, const work_item *it, tile_scratc
 
     attend_compressed(run, &rows, &compressed, len, t0, count, t);
     choose_blocks(run, start, len, h, t0, count, t);
-    attend_selected(run, &rows, &raw, len, t0, count, t);
-    attend_window(run, &rows, &raw, len, t0, count, t);
+    for (int64_t sub = 0; sub < count; sub += run->sub_queries) {
+        const int64_t n = count - sub < run->sub_queries ? count - sub : run->sub_queries;
+        const size_t row0 = (size_t)(sub * g);
+        const nsa_rows sub_rows = {.m = (size_t)(n * g), .dk = (size_t)dk, .dv = (size_t)dv,
+                                   .scale = cfg->scale, .q = t->q + row0 * (size_t)dk};
+        nsa_softmax_state part[3];
+        for (int i = 1; i < 3; i++)
+            part[i] = (nsa_softmax_state){.max = t->branch[i].max + row0,
+                                          .sum = t->branch[i].sum + row0,
+                                          .acc = t->branch[i].acc + row0 * (size_t)dv,
+                                          .ldacc = (size_t)dv};
+        attend_selected(run, &sub_rows, &raw, len, t0 + sub, n,
+                        t->blocks + sub * cfg->sel_count, &part[1], t);
+        attend_window(run, &sub_rows, &raw, len, t0 + sub, n, &part[2], t);
+    }
 
     for (int64_t tq = 0; tq < count; tq++) {
         const size_t row0 = (size_t)(tq * g), first_row = (size_t)((start + t0 + tq) * hq + h * g);
@@ -495,8 +514,10 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     const nsa_config *cfg = &call->plan->cfg;
     const int64_t B = call->batch->num_seqs, hkv = cfg->num_kv_heads;
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
-    const int64_t rows = call->dense ? DENSE_TILE_ROWS : TILE_ROWS;
-    run->tile_queries = (rows + call->plan->group_size - 1) / call->plan->group_size;
+    const int64_t g = call->plan->group_size;
+    const int64_t rows = call->dense ? DENSE_TILE_ROWS : CMP_TILE_ROWS;
+    run->sub_queries = (TILE_ROWS + g - 1) / g;
+    run->tile_queries = (rows + g - 1) / g / run->sub_queries * run->sub_queries;
     run->c_offset = malloc(3 * (size_t)(B + 1) * sizeof *run->c_offset);
     if (run->c_offset == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
