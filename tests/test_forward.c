@@ -339,7 +339,8 @@ int main(void)
             } else {
                 snprintf(e->config_seed, sizeof(e->config_seed), "random_config_%d",
                          i - NUM_CASES + 1);
-                snprintf(e->name, sizeof(e->name), "%s/%s", mode, e->config_seed);
+                snprintf(e->name, sizeof(e->name), "%s/random_config_%d", mode,
+                         i - NUM_CASES + 1);
             }
             tests[2 * i + given] = (struct CMUnitTest){e->name, run_entry, NULL, NULL, e};
         }

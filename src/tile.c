@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tile.c — NSA for one tile of queries (tile.h): attend to the compressed
+ * tokens, score and select blocks per query, attend to the union of the
+ * selected blocks (rows whose query did not choose a block are masked) and
+ * to the union of the windows, then mix the branches with the gates.
+ * Consecutive queries share most of their blocks and window, which keeps
+ * small groups (G = 1, 2, 4) as efficient as G = 16.
+ */
+#include <string.h>
+
+#include "geometry.h"
+#include "select.h"
+#include "tile.h"
+
+/* A worker's scratch, carved out of one block of floats. */
+struct nsa_tile_scratch {
+    float *q;            /* [m][Dk] the tile's rows, packed */
+    float *s_cmp;        /* [m][lds_cmp] compressed scores, then probabilities */
+    size_t lds_cmp;
+    float *s;            /* [m][NSA_ATTEND_CHUNK] */
+    float *p_sum;        /* [max compressed] */
+    float *score;        /* [max blocks] */
+    int32_t *blocks;     /* [max queries][n] */
+    int32_t *lo, *hi;    /* [m] */
+    int64_t *row_first, *row_last; /* [m] */
+    nsa_softmax_state branch[3];   /* cmp, slc, swa */
+};
+
+static int64_t ceil_div(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+int64_t nsa_tile_sub_queries(const nsa_plan *plan)
+{
+    return ceil_div(NSA_TILE_ROWS, plan->group_size);
+}
+
+int64_t nsa_tile_queries(const nsa_plan *plan, int dense)
+{
+    const int64_t g = plan->group_size, sub = nsa_tile_sub_queries(plan);
+    if (dense)
+        return ceil_div(NSA_DENSE_TILE_ROWS, g);
+    int64_t queries = ceil_div(NSA_CMP_TILE_ROWS, g) / sub * sub; /* whole sub-tiles */
+    return queries > sub ? queries : sub;
+}
+
+/* Lays the scratch out in f; returns the floats used (f may be NULL to
+ * size it). */
+static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t max_len,
+                            float *f, nsa_tile_scratch *t)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const size_t m = (size_t)(max_queries * plan->group_size), dk = (size_t)cfg->head_dim_qk;
+    const size_t dv = (size_t)cfg->head_dim_v;
+    const size_t max_c = (size_t)nsa_num_compressed(cfg, max_len) + 1;
+    const size_t lds_cmp = (size_t)ceil_div((int64_t)max_c, NSA_PANEL) * NSA_PANEL;
+    const size_t max_blocks = (size_t)nsa_num_blocks(cfg, max_len) + 1;
+    size_t used = 0;
+#define CARVE(field, type, count)                                                  \
+    do {                                                                           \
+        if (f != NULL)                                                             \
+            t->field = (type *)(f + used);                                         \
+        used += (count);                                                           \
+    } while (0)
+    CARVE(q, float, m * dk);
+    CARVE(s_cmp, float, m * lds_cmp);
+    CARVE(s, float, m * NSA_ATTEND_CHUNK);
+    CARVE(p_sum, float, max_c);
+    CARVE(score, float, max_blocks);
+    for (int b = 0; b < 3; b++) {
+        CARVE(branch[b].max, float, m);
+        CARVE(branch[b].sum, float, m);
+        CARVE(branch[b].acc, float, m * dv);
+        if (f != NULL)
+            t->branch[b].ldacc = dv;
+    }
+    used += used % 2; /* int64 alignment; an int64 takes two floats */
+    CARVE(row_first, int64_t, 2 * m);
+    CARVE(row_last, int64_t, 2 * m);
+    CARVE(blocks, int32_t, (size_t)max_queries * (size_t)cfg->sel_count);
+    CARVE(lo, int32_t, m);
+    CARVE(hi, int32_t, m);
+    if (f != NULL)
+        t->lds_cmp = lds_cmp;
+#undef CARVE
+    return used;
+}
+
+size_t nsa_tile_scratch_floats(const nsa_plan *plan, int64_t max_queries, int64_t max_len)
+{
+    return scratch_carve(plan, max_queries, max_len, NULL, NULL);
+}
+
+/* Copies the tile's query rows together, so the kernels see one matrix. */
+static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, float *q)
+{
+    const size_t row_floats = (size_t)(plan->group_size * plan->cfg.head_dim_qk);
+    for (int64_t i = 0; i < tile->count; i++)
+        memcpy(q + (size_t)i * row_floats, tile->q + (size_t)i * tile->q_stride,
+               row_floats * sizeof *q);
+}
+/* The queries' blocks: the caller's (sorted), or chosen from the
+ * compressed-branch probabilities left in t->s_cmp (spec section 3). */
+static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scratch *t)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t n = cfg->sel_count, g = plan->group_size, len = tile->len;
+    for (int64_t tq = 0; tq < tile->count; tq++) {
+        const int64_t pos = tile->first + tq;
+        int32_t *blocks = t->blocks + tq * n;
+        if (tile->given != NULL) {
+            memcpy(blocks, tile->given + (size_t)tq * tile->index_stride,
+                   (size_t)n * sizeof *blocks);
+            nsa_normalize_blocks(blocks, (int32_t)n);
+            continue;
+        }
+        const int64_t nc = nsa_visible_compressed(cfg, pos, len);
+        for (int64_t i = 0; i < nc; i++) {
+            float sum = 0.0f;
+            for (int64_t r = tq * g; r < (tq + 1) * g; r++)
+                sum += t->s_cmp[(size_t)r * t->lds_cmp + (size_t)i] / t->branch[0].sum[r];
+            t->p_sum[i] = sum;
+        }
+        int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
+        nsa_block_scores(cfg, t->p_sum, nc, t->score, candidates);
+        nsa_select_blocks(cfg, t->score, candidates, pos / cfg->sel_block, blocks);
+        if (tile->indices_out != NULL)
+            memcpy(tile->indices_out + (size_t)tq * tile->index_stride, blocks,
+                   (size_t)n * sizeof *blocks);
+    }
+}
+
+/* Selected branch over the union of the tile's blocks, ascending; a row
+ * takes a block only if its query chose it. */
+static void attend_selected(const nsa_plan *plan, const nsa_rows *rows, const nsa_keys *keys,
+                            int64_t len, int64_t t0, int64_t count, const int32_t *chosen,
+                            const nsa_softmax_state *state, nsa_tile_scratch *t)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const nsa_ukernels *uk = &plan->kernels;
+    const int64_t n = cfg->sel_count, g = plan->group_size, lsel = cfg->sel_block;
+    int64_t cursor[NSA_TILE_ROWS]; /* sub-tiles hold at most NSA_TILE_ROWS queries */
+    for (int64_t tq = 0; tq < count; tq++)
+        cursor[tq] = 0;
+    for (;;) {
+        /* The next block in the union: the smallest not yet taken. */
+        int64_t block = INT64_MAX;
+        for (int64_t tq = 0; tq < count; tq++) {
+            int64_t c = cursor[tq];
+            int32_t j = c < n ? chosen[tq * n + c] : -1;
+            if (j >= 0 && j < block)
+                block = j;
+        }
+        if (block == INT64_MAX)
+            return;
+        const int64_t first = block * lsel, last = first + lsel - 1;
+        for (int64_t tq = 0; tq < count; tq++) {
+            int64_t pos = t0 + tq, limit = cfg->causal ? pos : len - 1;
+            int takes = cursor[tq] < n && chosen[tq * n + cursor[tq]] == block;
+            cursor[tq] += takes;
+            for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+                t->row_first[r] = takes ? first : 1;
+                t->row_last[r] = takes ? (last < limit ? last : limit) : 0;
+            }
+        }
+        nsa_attend_keys(uk, rows, keys, first, last, t->row_first, t->row_last, state, t->s,
+                        t->lo, t->hi);
+    }
+}
+
+static void attend_window(const nsa_plan *plan, const nsa_rows *rows, const nsa_keys *keys,
+                          int64_t len, int64_t t0, int64_t count, const nsa_softmax_state *state,
+                          nsa_tile_scratch *t)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t g = plan->group_size;
+    int64_t first = INT64_MAX, last = -1;
+    for (int64_t tq = 0; tq < count; tq++) {
+        int64_t a, b;
+        nsa_window_range(cfg, t0 + tq, len, &a, &b);
+        first = a < first ? a : first;
+        last = b > last ? b : last;
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            t->row_first[r] = a;
+            t->row_last[r] = b;
+        }
+    }
+    nsa_attend_keys(&plan->kernels, rows, keys, first, last, t->row_first, t->row_last, state,
+                    t->s, t->lo, t->hi);
+}
+
+/* Compressed branch: one softmax step over every visible compressed token,
+ * so the probabilities left in s_cmp are final (selection reads them). */
+static void attend_compressed(const nsa_plan *plan, const nsa_rows *rows,
+                              const nsa_keys *keys, int64_t len, int64_t t0, int64_t count,
+                              nsa_tile_scratch *t)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t g = plan->group_size;
+    int64_t most = 0;
+    for (int64_t tq = 0; tq < count; tq++) {
+        int64_t nc = nsa_visible_compressed(cfg, t0 + tq, len);
+        most = nc > most ? nc : most;
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            t->lo[r] = 0;
+            t->hi[r] = (int32_t)nc - 1;
+        }
+    }
+    if (most > 0)
+        nsa_attend_span(&plan->kernels, rows, keys, 0, ceil_div(most, NSA_PANEL), t->lo, t->hi,
+                        t->s_cmp, t->lds_cmp, &t->branch[0]);
+}
+
+void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,
+                     int64_t max_len, float *scratch)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t g = plan->group_size, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t count = tile->count, sub_queries = nsa_tile_sub_queries(plan);
+    const size_t m = (size_t)(count * g);
+    nsa_tile_scratch scratch_view, *t = &scratch_view;
+    scratch_carve(plan, max_queries, max_len, scratch, t);
+
+    pack_queries(plan, tile, t->q);
+    const nsa_rows rows = {.m = m, .dk = (size_t)dk, .dv = (size_t)dv, .scale = cfg->scale,
+                           .q = t->q};
+    for (int i = 0; i < 3; i++)
+        nsa_softmax_state_reset(&t->branch[i], m, (size_t)dv);
+
+    attend_compressed(plan, &rows, &tile->compressed, tile->len, tile->first, count, t);
+    choose_blocks(plan, tile, t);
+    for (int64_t sub = 0; sub < count; sub += sub_queries) {
+        const int64_t n = count - sub < sub_queries ? count - sub : sub_queries;
+        const size_t row0 = (size_t)(sub * g);
+        const nsa_rows sub_rows = {.m = (size_t)(n * g), .dk = (size_t)dk, .dv = (size_t)dv,
+                                   .scale = cfg->scale, .q = t->q + row0 * (size_t)dk};
+        nsa_softmax_state part[3];
+        for (int i = 1; i < 3; i++)
+            part[i] = (nsa_softmax_state){.max = t->branch[i].max + row0,
+                                          .sum = t->branch[i].sum + row0,
+                                          .acc = t->branch[i].acc + row0 * (size_t)dv,
+                                          .ldacc = (size_t)dv};
+        attend_selected(plan, &sub_rows, &tile->raw, tile->len, tile->first + sub, n,
+                        t->blocks + sub * cfg->sel_count, &part[1], t);
+        attend_window(plan, &sub_rows, &tile->raw, tile->len, tile->first + sub, n, &part[2], t);
+    }
+
+    for (int64_t tq = 0; tq < count; tq++) {
+        const size_t row0 = (size_t)(tq * g);
+        const nsa_softmax_state *s = t->branch;
+        plan->kernels.gate_mix((size_t)g, (size_t)dv, tile->gates + (size_t)tq * tile->gates_stride,
+                               s[0].acc + row0 * (size_t)dv, s[0].sum + row0,
+                               s[1].acc + row0 * (size_t)dv, s[1].sum + row0,
+                               s[2].acc + row0 * (size_t)dv, s[2].sum + row0, (size_t)dv,
+                               tile->out + (size_t)tq * tile->out_stride);
+    }
+}
+
+void nsa_tile_attend_dense(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,
+                           int64_t max_len, float *scratch)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t g = plan->group_size, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t t0 = tile->first, count = tile->count, len = tile->len;
+    const size_t m = (size_t)(count * g);
+    nsa_tile_scratch scratch_view, *t = &scratch_view;
+    scratch_carve(plan, max_queries, max_len, scratch, t);
+
+    pack_queries(plan, tile, t->q);
+    for (int64_t tq = 0; tq < count; tq++)
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            t->row_first[r] = 0;
+            t->row_last[r] = cfg->causal ? t0 + tq : len - 1;
+        }
+    const nsa_rows rows = {.m = m, .dk = (size_t)dk, .dv = (size_t)dv, .scale = cfg->scale,
+                           .q = t->q};
+    const nsa_softmax_state *s = &t->branch[2];
+    nsa_softmax_state_reset(s, m, (size_t)dv);
+    nsa_attend_keys(&plan->kernels, &rows, &tile->raw, 0, cfg->causal ? t0 + count - 1 : len - 1,
+                    t->row_first, t->row_last, s, t->s, t->lo, t->hi);
+    for (int64_t tq = 0; tq < count; tq++) {
+        float *out = tile->out + (size_t)tq * tile->out_stride;
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++, out += dv)
+            for (int64_t c = 0; c < dv; c++)
+                out[c] = s->acc[(size_t)(r * dv + c)] / s->sum[r];
+    }
+}

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tile.h — all of NSA for a tile of consecutive queries of one sequence and
+ * KV head: the rows are the queries x the G heads of the group, so every key
+ * the kernels load serves all of them. The forward pass (forward.c) and
+ * decode (decode.c) differ only in where the keys live and which queries a
+ * tile holds; both call nsa_tile_attend.
+ */
+#ifndef NSA_TILE_H
+#define NSA_TILE_H
+
+#include "attend.h"
+#include "plan.h"
+
+/* Rows (queries x G heads) per tile. The compressed branch reads the same
+ * compressed keys for every query, so it runs on NSA_CMP_TILE_ROWS rows at
+ * once; the selected and window branches then run on sub-tiles of
+ * NSA_TILE_ROWS rows, small enough that the union of their queries' blocks
+ * stays close to each query's own. Dense attention has nothing to select,
+ * so its tiles are large for reuse alone. */
+enum { NSA_TILE_ROWS = 16, NSA_CMP_TILE_ROWS = 64, NSA_DENSE_TILE_ROWS = 64 };
+
+/* One tile: where its keys are and where its queries' data are. Query i of
+ * the tile (position first + i) has its G rows at q + i * q_stride, its
+ * gates at gates + i * gates_stride, its output at out + i * out_stride and
+ * its n block indices at given / indices_out + i * index_stride. */
+typedef struct nsa_tile {
+    nsa_keys raw;        /* the sequence's keys for this KV head */
+    nsa_keys compressed; /* its compressed keys */
+    int64_t len;         /* keys in the sequence */
+    int64_t first, count;
+    const float *q, *gates;
+    float *out;
+    size_t q_stride, gates_stride, out_stride;
+    const int32_t *given;  /* caller's blocks, or NULL to select */
+    int32_t *indices_out;  /* optional */
+    size_t index_stride;
+} nsa_tile;
+
+/* Queries per tile and per sub-tile for a plan. */
+int64_t nsa_tile_queries(const nsa_plan *plan, int dense);
+int64_t nsa_tile_sub_queries(const nsa_plan *plan);
+
+/* Scratch of one worker: sized for tiles of up to max_queries queries in
+ * sequences of up to max_len keys. */
+typedef struct nsa_tile_scratch nsa_tile_scratch;
+size_t nsa_tile_scratch_floats(const nsa_plan *plan, int64_t max_queries, int64_t max_len);
+
+/* The three branches, selection and gates for every query of the tile
+ * (spec sections 2-6). scratch holds nsa_tile_scratch_floats() floats. */
+void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,
+                     int64_t max_len, float *scratch);
+
+/* nsa_dense_forward's tile: every row attends to all keys of the sequence
+ * (up to its query when causal); out = the normalised result. */
+void nsa_tile_attend_dense(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,
+                           int64_t max_len, float *scratch);
+
+#endif /* NSA_TILE_H */
