@@ -77,7 +77,10 @@ typedef enum nsa_status {
     NSA_ERROR_UNSUPPORTED = 11,      /* valid, but not implemented here */
     NSA_ERROR_SYSTEM = 12,           /* the OS or hwloc refused (threads,
                                         topology) */
-    NSA_ERROR_INTERNAL = 13          /* a bug in libnsa; please report it */
+    NSA_ERROR_INTERNAL = 13,         /* a bug in libnsa; please report it */
+    NSA_ERROR_CAPACITY = 14,         /* a KV cache has no room for the tokens */
+    NSA_ERROR_MISMATCH = 15          /* a KV cache does not fit the plan: other
+                                        heads, dims or block geometry */
 } nsa_status;
 
 /* A static, human-readable name for a status ("invalid block geometry").
@@ -337,6 +340,90 @@ NSA_API nsa_status nsa_forward_with_indices(
 NSA_API nsa_status nsa_dense_forward(const nsa_plan *plan, const nsa_batch *batch,
                                      const float *q, const float *k, const float *v,
                                      float *out);
+
+/* ------------------------------------------------------------------------ */
+/* Decode with a KV cache (spec section 8)                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Storage of a KV cache. Arithmetic is fp32 either way; bf16 halves the
+ * bytes every decode step reads. */
+typedef enum nsa_dtype {
+    NSA_DTYPE_F32 = 0,
+    NSA_DTYPE_BF16 = 1 /* rounded to nearest even when stored */
+} nsa_dtype;
+
+/* The keys and values of one sequence, growing token by token, with its
+ * compressed tokens: each is computed once, when its window completes
+ * (spec section 8), never recomputed over the whole cache. Keys are stored
+ * block-major per KV head, so a selected block is one sequential read.
+ * Opaque. A cache belongs to one sequence; use one per sequence. */
+typedef struct nsa_cache nsa_cache;
+
+/* Creates an empty cache for up to `capacity` tokens of the plan's KV heads
+ * and dims, allocating all its memory now: about
+ * capacity * Hkv * (Dk + Dv) * (1 + 1/d) * (4 or 2) bytes. The cache copies
+ * what it needs from the plan; the plan's context must outlive it.
+ * Errors: NSA_ERROR_NULL_POINTER, NSA_ERROR_INVALID_DIMENSION (capacity
+ * < 1), NSA_ERROR_INVALID_ARGUMENT (dtype; a non-causal plan),
+ * NSA_ERROR_SIZE_OVERFLOW, NSA_ERROR_OUT_OF_MEMORY. *cache is NULL on
+ * failure. */
+NSA_API nsa_status nsa_cache_create(const nsa_plan *plan, int64_t capacity, nsa_dtype dtype,
+                                    nsa_cache **cache);
+
+/* Releases a cache. NULL is accepted and ignored. */
+NSA_API void nsa_cache_destroy(nsa_cache *cache);
+
+/* Tokens in the cache, and the most it can hold (0 for NULL). */
+NSA_API int64_t nsa_cache_length(const nsa_cache *cache);
+NSA_API int64_t nsa_cache_capacity(const nsa_cache *cache);
+
+/* Empties the cache for reuse; its memory is kept. */
+NSA_API nsa_status nsa_cache_reset(nsa_cache *cache);
+
+/* Appends count >= 0 tokens at the end of the cache:
+ *
+ *   k [count][Hkv][Dk], v [count][Hkv][Dv]   fp32, the new tokens' keys and values
+ *   cmp_k, cmp_v                             phi parameters, as for nsa_forward
+ *
+ * Every compression window completed by these tokens is compressed now.
+ * Pass the same phi parameters on every append of a sequence (and to the
+ * nsa_forward it must match). Errors: NSA_ERROR_NULL_POINTER,
+ * NSA_ERROR_INVALID_DIMENSION (count < 0), NSA_ERROR_CAPACITY (length +
+ * count > capacity), NSA_ERROR_INVALID_ARGUMENT (phi parameters for the
+ * wrong kind), NSA_ERROR_OUT_OF_MEMORY. On failure the cache is unchanged.
+ * Thread safety: one call at a time per cache. */
+NSA_API nsa_status nsa_cache_append(nsa_cache *cache, int64_t count, const float *k,
+                                    const float *v, const nsa_compress_params *cmp_k,
+                                    const nsa_compress_params *cmp_v);
+
+/* nsa_decode: NSA attention of the newest tokens of one or more caches.
+ * For sequence b, the queries are the last m_b = cu_queries[b + 1] -
+ * cu_queries[b] tokens of caches[b] (append their keys and values first),
+ * at positions L_b - m_b .. L_b - 1 of its L_b tokens; m_b = 1 is one
+ * decode step, m_b > 1 a chunk of a prefill or a speculative draft. The
+ * outputs equal those nsa_forward gives these tokens over the whole
+ * sequence, up to rounding (and bf16 storage, if chosen).
+ *
+ *   caches      [B] (B >= 0), made from plans with the same KV heads, dims
+ *               and block geometry as this one
+ *   cu_queries  [B + 1] int64, from 0, non-decreasing; M = cu_queries[B]
+ *   q           [M][Hq][Dk]
+ *   gates       [M][Hq][3]
+ *   out         [M][Hq][Dv]
+ *   block_indices_out  optional [M][Hkv][n], as nsa_forward
+ *
+ * Long caches are split across the context's threads and merged with
+ * their log-sum-exp; results do not depend on the thread count.
+ * Errors: NSA_ERROR_NULL_POINTER, NSA_ERROR_INVALID_DIMENSION (B < 0),
+ * NSA_ERROR_INVALID_SEQLENS (cu_queries malformed, or m_b > L_b),
+ * NSA_ERROR_MISMATCH (a cache made for other shapes, or a non-causal plan),
+ * NSA_ERROR_SIZE_OVERFLOW, NSA_ERROR_OUT_OF_MEMORY. Outputs are written only
+ * on NSA_SUCCESS. Thread safety: caches are only read; several decodes may
+ * share a plan and even caches. */
+NSA_API nsa_status nsa_decode(const nsa_plan *plan, int64_t num_seqs,
+                              const nsa_cache *const *caches, const int64_t *cu_queries,
+                              const float *q, const float *gates, float *out,
+                              int32_t *block_indices_out);
 
 #ifdef __cplusplus
 }

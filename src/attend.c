@@ -24,6 +24,50 @@ void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv
     }
 }
 
+size_t nsa_attend_convert_floats(size_t dk, size_t dv)
+{
+    size_t panels = NSA_CONVERT_KEYS * dk, rows = PV_STEP * dv;
+    return panels > rows ? panels : rows;
+}
+
+/* s[m][np panels] = scale q K^T; bf16 panels go through the conversion
+ * scratch NSA_CONVERT_KEYS keys at a time. */
+static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                   int64_t first_panel, int64_t np, float *s, size_t lds)
+{
+    const size_t panel_floats = rows->dk * NSA_PANEL;
+    if (keys->kp != NULL) {
+        uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
+               keys->kp + (size_t)first_panel * panel_floats, s, lds);
+        return;
+    }
+    const int64_t step = NSA_CONVERT_KEYS / NSA_PANEL;
+    for (int64_t p = 0; p < np; p += step) {
+        const int64_t n = np - p < step ? np - p : step;
+        uk->cvt_bf16((size_t)n * panel_floats,
+                     keys->kp16 + (size_t)(first_panel + p) * panel_floats, keys->convert);
+        uk->qk(rows->m, (size_t)n, rows->dk, rows->scale, rows->q, rows->dk, keys->convert,
+               s + p * NSA_PANEL, lds);
+    }
+}
+
+/* acc += p[m][count] . V[key .. key + count) (count <= PV_STEP). */
+static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                       int64_t key, int64_t count, const float *p, size_t ldp,
+                       const nsa_softmax_state *state)
+{
+    if (keys->v != NULL) {
+        uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->v + (size_t)key * keys->ldv,
+               keys->ldv, state->acc, state->ldacc);
+        return;
+    }
+    for (int64_t j = 0; j < count; j++)
+        uk->cvt_bf16(rows->dv, keys->v16 + (size_t)(key + j) * keys->ldv,
+                     keys->convert + (size_t)j * rows->dv);
+    uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->convert, rows->dv, state->acc,
+           state->ldacc);
+}
+
 void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                      int64_t first_panel, int64_t np, const int32_t *lo, const int32_t *hi,
                      float *s, size_t lds, const nsa_softmax_state *state)
@@ -38,15 +82,12 @@ void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_key
     }
     if (used_hi < 0)
         return; /* no row takes any key here */
-    uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
-           keys->kp + (size_t)first_panel * rows->dk * NSA_PANEL, s, lds);
+    scores(uk, rows, keys, first_panel, np, s, lds);
     uk->softmax(rows->m, (size_t)(np * NSA_PANEL), lo, hi, s, lds, state->max, state->sum,
                 rows->dv, state->acc, state->ldacc);
     for (int64_t j = used_lo; j <= used_hi; j += PV_STEP) {
         int64_t count = used_hi + 1 - j < PV_STEP ? used_hi + 1 - j : PV_STEP;
-        uk->pv(rows->m, (size_t)count, rows->dv, s + j, lds,
-               keys->v + (size_t)(first_key + j) * keys->ldv, keys->ldv, state->acc,
-               state->ldacc);
+        accumulate(uk, rows, keys, first_key + j, count, s + j, lds, state);
     }
 }
 

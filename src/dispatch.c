@@ -19,6 +19,7 @@ void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *
         .softmax = nsa_f32_softmax_ukernel__ref,
         .gate_mix = nsa_f32_gate_mix_ukernel__ref,
         .pool = nsa_f32_pool_ukernel__ref,
+        .cvt_bf16 = nsa_bf16_cvt_ukernel__ref,
     };
 #define NSA_UKERNEL(kernel_isa, slot, fn)                                            \
     if ((kernel_isa) <= ctx->isa) {                                                  \

@@ -25,4 +25,9 @@ typedef struct forward_call {
  * max_len; on failure records a message naming the argument. */
 nsa_status nsa_forward_check(forward_call *call);
 
+/* phi's parameters for K or V (name "cmp_k" / "cmp_v"): exactly those the
+ * plan's compress kind uses (see nsa_compress_params). */
+nsa_status nsa_check_compress_params(const nsa_plan *plan, const nsa_compress_params *params,
+                                     const char *name);
+
 #endif /* NSA_FORWARD_H */

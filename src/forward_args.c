@@ -91,8 +91,8 @@ static nsa_status check_tensors(const forward_call *call)
 }
 
 /* phi's parameters: exactly those the kind uses (see nsa_compress_params). */
-static nsa_status check_compress_params(const nsa_plan *plan, const nsa_compress_params *params,
-                                        const char *name)
+nsa_status nsa_check_compress_params(const nsa_plan *plan, const nsa_compress_params *params,
+                                     const char *name)
 {
     const nsa_compress_kind kind = plan->cfg.compress;
     static const char *const kind_names[] = {"mean", "weighted", "linear", "mlp"};
@@ -168,9 +168,9 @@ nsa_status nsa_forward_check(forward_call *call)
     if (status == NSA_SUCCESS)
         status = check_tensors(call);
     if (status == NSA_SUCCESS && !call->dense)
-        status = check_compress_params(plan, call->cmp_k, "cmp_k");
+        status = nsa_check_compress_params(plan, call->cmp_k, "cmp_k");
     if (status == NSA_SUCCESS && !call->dense)
-        status = check_compress_params(plan, call->cmp_v, "cmp_v");
+        status = nsa_check_compress_params(plan, call->cmp_v, "cmp_v");
     if (status == NSA_SUCCESS && call->given_indices != NULL)
         status = check_given_indices(call);
     return status;

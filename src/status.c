@@ -26,6 +26,8 @@ const char *nsa_status_string(nsa_status status)
     case NSA_ERROR_UNSUPPORTED: return "unsupported";
     case NSA_ERROR_SYSTEM: return "system error";
     case NSA_ERROR_INTERNAL: return "internal error";
+    case NSA_ERROR_CAPACITY: return "the cache is full";
+    case NSA_ERROR_MISMATCH: return "the cache does not fit the plan";
     }
     return "unknown status";
 }

@@ -62,6 +62,9 @@ typedef void nsa_gate_mix_ukernel(size_t m, size_t dv, const float *gates, const
 typedef void nsa_pool_ukernel(size_t l, size_t dim, const float *weight, const float *x,
                             size_t ldx, float *y);
 
+/* dst[i] = src[i] for n bf16 values (the upper half of an fp32): exact. */
+typedef void nsa_cvt_bf16_ukernel(size_t n, const uint16_t *src, float *dst);
+
 /* The table a plan calls: one pointer per kernel kind (slot). */
 typedef struct nsa_ukernels {
     nsa_qk_ukernel *qk;
@@ -69,6 +72,7 @@ typedef struct nsa_ukernels {
     nsa_softmax_ukernel *softmax;
     nsa_gate_mix_ukernel *gate_mix;
     nsa_pool_ukernel *pool;
+    nsa_cvt_bf16_ukernel *cvt_bf16;
 } nsa_ukernels;
 
 /* The portable scalar kernels (src/ref/): the executable specification every
@@ -78,6 +82,7 @@ nsa_pv_ukernel nsa_f32_pv_ukernel__ref;
 nsa_softmax_ukernel nsa_f32_softmax_ukernel__ref;
 nsa_gate_mix_ukernel nsa_f32_gate_mix_ukernel__ref;
 nsa_pool_ukernel nsa_f32_pool_ukernel__ref;
+nsa_cvt_bf16_ukernel nsa_bf16_cvt_ukernel__ref;
 
 /* The optimised kernels, one declaration per line of the registry. */
 #define NSA_UKERNEL(isa, slot, fn) nsa_##slot##_ukernel fn;

@@ -638,6 +638,8 @@ static const nsa_status ALL_STATUSES[] = {
     NSA_ERROR_UNSUPPORTED,
     NSA_ERROR_SYSTEM,
     NSA_ERROR_INTERNAL,
+    NSA_ERROR_CAPACITY,
+    NSA_ERROR_MISMATCH,
 };
 #define STATUS_COUNT (sizeof ALL_STATUSES / sizeof ALL_STATUSES[0])
 
@@ -658,7 +660,7 @@ static void test_status_strings_are_non_empty_and_distinct(void **state)
 static void test_status_string_of_unknown_value(void **state)
 {
     (void)state;
-    assert_string_equal(nsa_status_string((nsa_status)14), "unknown status");
+    assert_string_equal(nsa_status_string((nsa_status)16), "unknown status");
     assert_string_equal(nsa_status_string((nsa_status)1000),
                         "unknown status");
     assert_string_equal(nsa_status_string((nsa_status)-1), "unknown status");

@@ -27,7 +27,7 @@
 
 /* ------------------------------------------------------------ registry -- */
 
-typedef enum slot { SLOT_qk, SLOT_pv, SLOT_softmax, SLOT_gate_mix, SLOT_pool } slot;
+typedef enum slot { SLOT_qk, SLOT_pv, SLOT_softmax, SLOT_gate_mix, SLOT_pool, SLOT_cvt_bf16 } slot;
 
 typedef struct entry {
     nsa_isa isa;
@@ -272,6 +272,29 @@ static void check_pool(nsa_pool_ukernel *fn, const char *name)
         }
 }
 
+static void check_cvt_bf16(nsa_cvt_bf16_ukernel *fn, const char *name)
+{
+    static const size_t ns[] = {1, 7, 8, 15, 16, 17, 33, 1000};
+    for (size_t a = 0; a < sizeof ns / sizeof *ns; a++) {
+        const size_t n = ns[a], total = n + 5;
+        uint16_t *src = malloc(n * sizeof *src); /* exact: ASan sees over-reads */
+        assert_non_null(src);
+        for (size_t i = 0; i < n; i++) /* every pattern, NaN and infinity included */
+            src[i] = (uint16_t)(uniform(0, 65535.99f));
+        float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
+        fill_sentinel(got, total);
+        fill_sentinel(want, total);
+        fn(n, src, got);
+        nsa_bf16_cvt_ukernel__ref(n, src, want);
+        for (size_t i = 0; i < total; i++)
+            if (memcmp(got + i, want + i, sizeof(float)) != 0)
+                fail_msg("%s n=%zu: element %zu differs in its bits", name, n, i);
+        free(src);
+        free(got);
+        free(want);
+    }
+}
+
 /* ---------------------------------------------------------------- tests -- */
 
 static void test_registry_entry(void **state)
@@ -287,6 +310,7 @@ static void test_registry_entry(void **state)
     case SLOT_softmax: check_softmax((nsa_softmax_ukernel *)e->fn, e->name); break;
     case SLOT_gate_mix: check_gate_mix((nsa_gate_mix_ukernel *)e->fn, e->name); break;
     case SLOT_pool: check_pool((nsa_pool_ukernel *)e->fn, e->name); break;
+    case SLOT_cvt_bf16: check_cvt_bf16((nsa_cvt_bf16_ukernel *)e->fn, e->name); break;
     }
 }
 

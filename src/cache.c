@@ -1,0 +1,313 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cache.c — the KV cache: creation, appending tokens and compressing each
+ * window once as it completes (spec section 8: a compressed token appears
+ * when the length L reaches L >= l with (L - l) mod d = 0).
+ *
+ * A window can straddle appends, so the cache keeps the last l - 1 raw
+ * tokens in fp32 (the stored copy may be bf16, and phi must see exactly
+ * what nsa_forward sees). An append gathers each run of new windows into a
+ * small fp32 buffer and runs phi on it with the same code as the forward.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache.h"
+#include "checked.h"
+#include "compress.h"
+#include "forward.h"
+#include "geometry.h"
+
+/* New compressed tokens per phi call during an append: bounds the gather
+ * buffer to about COMPRESS_RUN * d tokens. */
+enum { COMPRESS_RUN = 256 };
+
+static size_t dtype_size(nsa_dtype dtype)
+{
+    return dtype == NSA_DTYPE_BF16 ? 2 : 4;
+}
+
+/* fp32 to bf16, rounding to nearest even; NaN stays NaN. */
+static uint16_t bf16_from_f32(float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((bits >> 16) | 0x40u);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static void store(void *base, nsa_dtype dtype, size_t index, float value)
+{
+    if (dtype == NSA_DTYPE_BF16)
+        ((uint16_t *)base)[index] = bf16_from_f32(value);
+    else
+        ((float *)base)[index] = value;
+}
+
+/* Key `pos` of head h (dim values) into the panel layout, value into rows. */
+static void store_panel_key(void *panels, nsa_dtype dtype, int64_t head_panels, int64_t dim,
+                            int64_t h, int64_t pos, const float *key)
+{
+    const size_t base = (size_t)((h * head_panels + pos / NSA_PANEL) * dim * NSA_PANEL) +
+                        (size_t)(pos % NSA_PANEL);
+    for (int64_t c = 0; c < dim; c++)
+        store(panels, dtype, base + (size_t)(c * NSA_PANEL), key[c]);
+}
+
+static void store_row(void *rows, nsa_dtype dtype, int64_t head_rows, int64_t dim, int64_t h,
+                      int64_t pos, const float *value)
+{
+    const size_t base = (size_t)((h * head_rows + pos) * dim);
+    for (int64_t c = 0; c < dim; c++)
+        store(rows, dtype, base + (size_t)c, value[c]);
+}
+
+nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed, float *convert)
+{
+    const nsa_config *cfg = &cache->plan.cfg;
+    const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t panels = compressed ? cache->panels_compressed : cache->panels;
+    const int64_t rows = compressed ? cache->capacity_compressed : cache->capacity;
+    const size_t k_off = (size_t)(h * panels * dk * NSA_PANEL), v_off = (size_t)(h * rows * dv);
+    const void *k = compressed ? cache->kc : cache->k, *v = compressed ? cache->vc : cache->v;
+    nsa_keys keys = {.ldv = (size_t)dv,
+                     .count = compressed ? nsa_num_compressed(cfg, cache->length) : cache->length};
+    if (cache->dtype == NSA_DTYPE_BF16) {
+        keys.kp16 = (const uint16_t *)k + k_off;
+        keys.v16 = (const uint16_t *)v + v_off;
+        keys.convert = convert;
+    } else {
+        keys.kp = (const float *)k + k_off;
+        keys.v = (const float *)v + v_off;
+    }
+    return keys;
+}
+
+void nsa_cache_destroy(nsa_cache *cache)
+{
+    if (cache == NULL)
+        return;
+    free(cache->k);
+    free(cache->v);
+    free(cache->kc);
+    free(cache->vc);
+    free(cache->tail_k);
+    free(cache->tail_v);
+    free(cache);
+}
+
+/* calloc of count elements of size bytes, NULL on overflow. */
+static void *zeroed(int64_t count, size_t size)
+{
+    size_t bytes;
+    if (!nsa_checked_bytes(count, size, &bytes))
+        return NULL;
+    return calloc(bytes / size + 1, size);
+}
+
+nsa_status nsa_cache_create(const nsa_plan *plan, int64_t capacity, nsa_dtype dtype,
+                            nsa_cache **cache)
+{
+    if (cache != NULL)
+        *cache = NULL;
+    if (plan == NULL)
+        return NSA_ERROR_NULL_POINTER;
+    nsa_context *ctx = plan->ctx;
+    if (cache == NULL)
+        return nsa_fail(ctx, NSA_ERROR_NULL_POINTER, "nsa_cache_create: cache is NULL");
+    if (capacity < 1)
+        return nsa_fail(ctx, NSA_ERROR_INVALID_DIMENSION,
+                        "capacity is %lld but must be at least 1", (long long)capacity);
+    if (dtype != NSA_DTYPE_F32 && dtype != NSA_DTYPE_BF16)
+        return nsa_fail(ctx, NSA_ERROR_INVALID_ARGUMENT, "dtype is %d, not an nsa_dtype",
+                        (int)dtype);
+    if (!plan->cfg.causal)
+        return nsa_fail(ctx, NSA_ERROR_INVALID_ARGUMENT,
+                        "a KV cache needs a causal plan (decoding is causal)");
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t panels = (capacity + NSA_PANEL - 1) / NSA_PANEL;
+    const int64_t compressed = nsa_num_compressed(cfg, capacity);
+    const int64_t panels_c = (compressed + NSA_PANEL - 1) / NSA_PANEL;
+    int64_t k_count, v_count, kc_count, vc_count;
+    if (!nsa_checked_mul3(hkv, panels * NSA_PANEL, dk, &k_count) ||
+        !nsa_checked_mul3(hkv, capacity, dv, &v_count) ||
+        !nsa_checked_mul3(hkv, panels_c * NSA_PANEL, dk, &kc_count) ||
+        !nsa_checked_mul3(hkv, compressed, dv, &vc_count))
+        return nsa_fail(ctx, NSA_ERROR_SIZE_OVERFLOW,
+                        "a cache of %lld tokens x %lld heads is too large to address",
+                        (long long)capacity, (long long)hkv);
+
+    nsa_cache *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return nsa_fail(ctx, NSA_ERROR_OUT_OF_MEMORY, "no memory for a cache");
+    c->plan = *plan;
+    c->dtype = dtype;
+    c->capacity = capacity;
+    c->capacity_compressed = compressed;
+    c->panels = panels;
+    c->panels_compressed = panels_c;
+    const size_t size = dtype_size(dtype);
+    c->k = zeroed(k_count, size);
+    c->v = zeroed(v_count, size);
+    c->kc = zeroed(kc_count, size);
+    c->vc = zeroed(vc_count, size);
+    c->tail_k = zeroed((cfg->cmp_block - 1) * hkv * dk, sizeof(float));
+    c->tail_v = zeroed((cfg->cmp_block - 1) * hkv * dv, sizeof(float));
+    if (!c->k || !c->v || !c->kc || !c->vc || !c->tail_k || !c->tail_v) {
+        nsa_cache_destroy(c);
+        return nsa_fail(ctx, NSA_ERROR_OUT_OF_MEMORY,
+                        "no memory for a cache of %lld tokens", (long long)capacity);
+    }
+    *cache = c;
+    return NSA_SUCCESS;
+}
+
+int64_t nsa_cache_length(const nsa_cache *cache)
+{
+    return cache == NULL ? 0 : cache->length;
+}
+
+int64_t nsa_cache_capacity(const nsa_cache *cache)
+{
+    return cache == NULL ? 0 : cache->capacity;
+}
+
+nsa_status nsa_cache_reset(nsa_cache *cache)
+{
+    if (cache == NULL)
+        return NSA_ERROR_NULL_POINTER;
+    /* Stale panel slots past the new length must read as zero again. */
+    const nsa_config *cfg = &cache->plan.cfg;
+    const size_t size = dtype_size(cache->dtype);
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk;
+    memset(cache->k, 0, (size_t)(hkv * cache->panels * NSA_PANEL * dk) * size);
+    memset(cache->kc, 0, (size_t)(hkv * cache->panels_compressed * NSA_PANEL * dk) * size);
+    cache->length = 0;
+    return NSA_SUCCESS;
+}
+
+/* Raw token `pos` (fp32, all heads) during an append of `fresh` tokens
+ * starting at position `old`: from the tail if it predates the append. */
+static const float *raw_token(const nsa_cache *cache, const float *tail, const float *fresh,
+                              int64_t old, int64_t pos, int64_t dim)
+{
+    const nsa_config *cfg = &cache->plan.cfg;
+    const int64_t hkv = cfg->num_kv_heads;
+    if (pos >= old)
+        return fresh + (size_t)((pos - old) * hkv * dim);
+    const int64_t kept = old < cfg->cmp_block - 1 ? old : cfg->cmp_block - 1;
+    return tail + (size_t)((pos - (old - kept)) * hkv * dim);
+}
+
+/* Compresses the windows [first, first + count) of one tensor (K: keys = 1)
+ * and stores them; old is the length before the append. */
+static void compress_run(nsa_cache *cache, const nsa_compress_params *params, int keys,
+                         const float *fresh, int64_t old, int64_t first, int64_t count,
+                         float *gather, float *out, float *work)
+{
+    const nsa_config *cfg = &cache->plan.cfg;
+    const int64_t hkv = cfg->num_kv_heads, dim = keys ? cfg->head_dim_qk : cfg->head_dim_v;
+    const int64_t start = first * cfg->cmp_stride;
+    const int64_t rows = (count - 1) * cfg->cmp_stride + cfg->cmp_block;
+    const float *tail = keys ? cache->tail_k : cache->tail_v;
+    for (int64_t p = 0; p < rows; p++)
+        memcpy(gather + (size_t)(p * hkv * dim), raw_token(cache, tail, fresh, old, start + p, dim),
+               (size_t)(hkv * dim) * sizeof(float));
+    for (int64_t h = 0; h < hkv; h++) {
+        nsa_compress(&cache->plan, params, (int32_t)dim, (int32_t)h, gather + (size_t)(h * dim),
+                     (size_t)(hkv * dim), 0, count, out, work);
+        for (int64_t i = 0; i < count; i++) {
+            const float *y = out + (size_t)(i * dim);
+            if (keys)
+                store_panel_key(cache->kc, cache->dtype, cache->panels_compressed, dim, h,
+                                first + i, y);
+            else
+                store_row(cache->vc, cache->dtype, cache->capacity_compressed, dim, h, first + i,
+                          y);
+        }
+    }
+}
+
+/* Keeps the last min(length, l - 1) raw tokens of one tensor in its tail. */
+static void update_tail(const nsa_cache *cache, float *tail, const float *fresh, int64_t old,
+                        int64_t count, int64_t dim)
+{
+    const nsa_config *cfg = &cache->plan.cfg;
+    const int64_t hkv = cfg->num_kv_heads, keep = cfg->cmp_block - 1, row = hkv * dim;
+    const int64_t length = old + count, kept = length < keep ? length : keep;
+    const int64_t first = length - kept;
+    /* Rows move towards the front, so copying in order never overwrites a
+     * row before it is read. */
+    for (int64_t p = first; p < length; p++)
+        memmove(tail + (size_t)((p - first) * row), raw_token(cache, tail, fresh, old, p, dim),
+                (size_t)row * sizeof(float));
+}
+
+nsa_status nsa_cache_append(nsa_cache *cache, int64_t count, const float *k, const float *v,
+                            const nsa_compress_params *cmp_k, const nsa_compress_params *cmp_v)
+{
+    if (cache == NULL)
+        return NSA_ERROR_NULL_POINTER;
+    const nsa_plan *plan = &cache->plan;
+    const nsa_config *cfg = &plan->cfg;
+    nsa_context *ctx = plan->ctx;
+    if (count < 0)
+        return nsa_fail(ctx, NSA_ERROR_INVALID_DIMENSION, "count is %lld but must be >= 0",
+                        (long long)count);
+    if (count > cache->capacity - cache->length)
+        return nsa_fail(ctx, NSA_ERROR_CAPACITY,
+                        "appending %lld tokens to a cache holding %lld of %lld", (long long)count,
+                        (long long)cache->length, (long long)cache->capacity);
+    if (count > 0 && (k == NULL || v == NULL))
+        return nsa_fail(ctx, NSA_ERROR_NULL_POINTER, "nsa_cache_append: %s is NULL",
+                        k == NULL ? "k" : "v");
+    nsa_status status = nsa_check_compress_params(plan, cmp_k, "cmp_k");
+    if (status == NSA_SUCCESS)
+        status = nsa_check_compress_params(plan, cmp_v, "cmp_v");
+    if (status != NSA_SUCCESS || count == 0)
+        return status;
+
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t dmax = dk > dv ? dk : dv, old = cache->length;
+    const int64_t first = nsa_num_compressed(cfg, old);
+    const int64_t fresh = nsa_num_compressed(cfg, old + count) - first;
+    const int64_t run = fresh < COMPRESS_RUN ? fresh : COMPRESS_RUN;
+    const size_t gather_rows = (size_t)((run - 1) * cfg->cmp_stride + cfg->cmp_block);
+    const size_t work_floats = nsa_compress_workspace(cfg, (int32_t)dmax);
+    float *gather = NULL, *out = NULL, *work = NULL;
+    if (fresh > 0) {
+        gather = malloc(gather_rows * (size_t)(hkv * dmax) * sizeof(float));
+        out = malloc((size_t)(run * dmax) * sizeof(float));
+        work = malloc(work_floats * sizeof(float));
+        if (gather == NULL || out == NULL || work == NULL) {
+            free(gather);
+            free(out);
+            free(work);
+            return nsa_fail(ctx, NSA_ERROR_OUT_OF_MEMORY,
+                            "no memory to compress %lld new windows", (long long)fresh);
+        }
+    }
+
+    for (int64_t i = 0; i < count; i++)
+        for (int64_t h = 0; h < hkv; h++) {
+            store_panel_key(cache->k, cache->dtype, cache->panels, dk, h, old + i,
+                            k + (size_t)((i * hkv + h) * dk));
+            store_row(cache->v, cache->dtype, cache->capacity, dv, h, old + i,
+                      v + (size_t)((i * hkv + h) * dv));
+        }
+    for (int64_t i = first; i < first + fresh; i += run) {
+        const int64_t n = first + fresh - i < run ? first + fresh - i : run;
+        compress_run(cache, cmp_k, 1, k, old, i, n, gather, out, work);
+        compress_run(cache, cmp_v, 0, v, old, i, n, gather, out, work);
+    }
+    update_tail(cache, cache->tail_k, k, old, count, dk);
+    update_tail(cache, cache->tail_v, v, old, count, dv);
+    cache->length = old + count;
+    free(gather);
+    free(out);
+    free(work);
+    return NSA_SUCCESS;
+}

@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cache.h — the inside of nsa_cache, shared by cache.c (growing it) and
+ * decode.c (reading it).
+ *
+ * Per KV head, keys are stored as panels of NSA_PANEL keys ([Dk][16], the
+ * layout the qk kernel reads) and values as rows, both in the cache's dtype,
+ * so a selected block of l' keys is l'/16 consecutive panels and l'
+ * consecutive value rows: two sequential reads. Compressed keys and values
+ * use the same layout. Unused panel slots stay zero, so whole panels are
+ * always safe to read.
+ */
+#ifndef NSA_CACHE_H
+#define NSA_CACHE_H
+
+#include "attend.h"
+#include "plan.h"
+
+struct nsa_cache {
+    nsa_plan plan; /* a copy: configuration, kernels, context */
+    nsa_dtype dtype;
+    int64_t capacity, length;
+    int64_t capacity_compressed; /* C(capacity) */
+    int64_t panels, panels_compressed; /* per KV head */
+    void *k, *v;   /* [Hkv][panels][Dk][16], [Hkv][capacity][Dv] */
+    void *kc, *vc; /* [Hkv][panels_compressed][Dk][16], [Hkv][capacity_compressed][Dv] */
+    /* The last min(length, l - 1) raw tokens, fp32, [l - 1][Hkv][D]: the
+     * start of any compression window an append has yet to complete. */
+    float *tail_k, *tail_v;
+};
+
+/* The raw (compressed = 0) or compressed keys of KV head h, as the
+ * attention kernels read them; convert is the worker's scratch for bf16. */
+nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed, float *convert);
+
+#endif /* NSA_CACHE_H */

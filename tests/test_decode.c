@@ -1,0 +1,288 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_decode.c — the KV cache and nsa_decode against nsa_forward (spec
+ * section 8: appending tokens and attending with the new queries gives the
+ * outputs of the forward over the longer sequence).
+ *
+ * Each case prefills every sequence of a batch (in one or several appends),
+ * decodes the prefill's own queries as one chunk, then grows all sequences
+ * together, one token or a few at a time, decoding the new queries each
+ * step, across compression-window and selection-block boundaries. The
+ * outputs are compared with nsa_forward over the full sequences: with the
+ * same selections, within fp32 rounding (fp32 cache) or bf16 rounding (bf16
+ * cache). Selections must match the forward's, except for rare near-ties
+ * (fp32) or bf16-perturbed scores.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "nsa.h"
+#include "test_util.h"
+
+typedef struct decode_case {
+    const char *name;
+    int32_t hq, hkv, dk, dv;
+    int32_t l, d, lsel, n, n_init, n_local, w;
+    nsa_compress_kind kind;
+    int pe;
+    int64_t prefill[3], total[3]; /* per sequence; num_seqs = entries with total > 0 */
+    int64_t max_step;             /* tokens per decode step: 1 .. max_step */
+    nsa_dtype dtype;
+} decode_case;
+
+static decode_case cases[] = { /* not const: cmocka passes each as mutable state */
+    {"mean-g16-single-steps", 16, 1, 32, 24, 32, 16, 64, 16, 1, 2, 512, NSA_COMPRESS_MEAN, 0,
+     {600}, {700}, 1, NSA_DTYPE_F32},
+    {"weighted-pe-g2-chunks", 4, 2, 16, 16, 16, 8, 32, 6, 1, 2, 64, NSA_COMPRESS_WEIGHTED, 1,
+     {5, 120}, {200, 260}, 5, NSA_DTYPE_F32},
+    {"linear-pe-g1-three-seqs", 2, 2, 20, 12, 32, 16, 64, 5, 1, 1, 100, NSA_COMPRESS_LINEAR, 1,
+     {1, 31, 500}, {90, 160, 580}, 3, NSA_DTYPE_F32},
+    {"mlp-g2", 4, 2, 12, 8, 16, 8, 32, 4, 0, 2, 40, NSA_COMPRESS_MLP, 1, {50, 17}, {150, 90}, 4,
+     NSA_DTYPE_F32},
+    {"mean-g16-bf16", 16, 1, 32, 24, 32, 16, 64, 16, 1, 2, 512, NSA_COMPRESS_MEAN, 0, {600},
+     {680}, 1, NSA_DTYPE_BF16},
+    {"linear-pe-g1-bf16", 2, 2, 20, 12, 32, 16, 64, 5, 1, 1, 100, NSA_COMPRESS_LINEAR, 1,
+     {1, 31, 500}, {90, 160, 560}, 3, NSA_DTYPE_BF16},
+};
+
+enum { MAX_SEQS = 3 };
+
+static int64_t case_seqs(const decode_case *c)
+{
+    int64_t b = 0;
+    while (b < MAX_SEQS && c->total[b] > 0)
+        b++;
+    return b;
+}
+
+static nsa_config case_config(const decode_case *c)
+{
+    nsa_config cfg;
+    nsa_config_init(&cfg, c->hq, c->hkv, c->dk, c->dv);
+    cfg.cmp_block = c->l;
+    cfg.cmp_stride = c->d;
+    cfg.sel_block = c->lsel;
+    cfg.sel_count = c->n;
+    cfg.sel_init = c->n_init;
+    cfg.sel_local = c->n_local;
+    cfg.window = c->w;
+    cfg.compress = c->kind;
+    cfg.cmp_mlp_hidden = 10;
+    return cfg;
+}
+
+/* Appends tokens [from, to) of sequence b of p to cache. */
+static void append_tokens(nsa_cache *cache, const tu_problem *p, int64_t b, int64_t from,
+                          int64_t to)
+{
+    const nsa_config *cfg = &p->cfg;
+    const int64_t token = p->cu_seqlens[b] + from;
+    nsa_status st = nsa_cache_append(
+        cache, to - from, p->k + (size_t)(token * cfg->num_kv_heads * cfg->head_dim_qk),
+        p->v + (size_t)(token * cfg->num_kv_heads * cfg->head_dim_v), &p->cmp_k, &p->cmp_v);
+    if (st != NSA_SUCCESS)
+        fail_msg("append failed: %s: %s", nsa_status_string(st),
+                 nsa_context_last_error(tu_context()));
+}
+
+/* One decode call: sequence b gets queries [pos[b], pos[b] + m[b]). Copies
+ * the packed q and gates rows in, the outputs and indices out to the
+ * token-indexed arrays. */
+static void decode_step(const nsa_plan *plan, nsa_cache **caches, const tu_problem *p,
+                        const int64_t *pos, const int64_t *m, float *out, int32_t *indices)
+{
+    const nsa_config *cfg = &p->cfg;
+    const int64_t B = p->num_seqs, hq = cfg->num_q_heads, hkv = cfg->num_kv_heads;
+    const size_t qrow = (size_t)(hq * cfg->head_dim_qk), orow = (size_t)(hq * cfg->head_dim_v);
+    const size_t grow = (size_t)(hq * 3), irow = (size_t)(hkv * cfg->sel_count);
+    int64_t cu[MAX_SEQS + 1] = {0};
+    for (int64_t b = 0; b < B; b++)
+        cu[b + 1] = cu[b] + m[b];
+    const int64_t rows = cu[B];
+    float *q = tu_xcalloc((size_t)rows * qrow + 1, sizeof(float));
+    float *gates = tu_xcalloc((size_t)rows * grow + 1, sizeof(float));
+    float *o = tu_xcalloc((size_t)rows * orow + 1, sizeof(float));
+    int32_t *idx = tu_xcalloc((size_t)rows * irow + 1, sizeof(int32_t));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < m[b]; i++) {
+            const int64_t token = p->cu_seqlens[b] + pos[b] + i, row = cu[b] + i;
+            memcpy(q + row * qrow, p->q + token * qrow, qrow * sizeof(float));
+            memcpy(gates + row * grow, p->gates + token * grow, grow * sizeof(float));
+        }
+    const nsa_cache *const *view = (const nsa_cache *const *)caches;
+    nsa_status st = nsa_decode(plan, B, view, cu, q, gates, o, idx);
+    if (st != NSA_SUCCESS)
+        fail_msg("decode failed: %s: %s", nsa_status_string(st),
+                 nsa_context_last_error(tu_context()));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < m[b]; i++) {
+            const int64_t token = p->cu_seqlens[b] + pos[b] + i, row = cu[b] + i;
+            memcpy(out + token * orow, o + row * orow, orow * sizeof(float));
+            memcpy(indices + token * irow, idx + row * irow, irow * sizeof(int32_t));
+        }
+    free(q);
+    free(gates);
+    free(o);
+    free(idx);
+}
+
+static void run_case(void **state)
+{
+    const decode_case *c = *state;
+    tu_rng rng = tu_rng_for(c->name);
+    const nsa_config cfg = case_config(c);
+    const int64_t B = case_seqs(c);
+    tu_problem p;
+    assert_int_equal(tu_problem_init(&p, &cfg, c->total, B, c->pe, c->pe, &rng), 0);
+    const int64_t out_elems = tu_out_elems(&p), idx_elems = tu_indices_elems(&p);
+    float *want = tu_xcalloc((size_t)out_elems, sizeof(float));
+    float *got = tu_xcalloc((size_t)out_elems, sizeof(float));
+    int32_t *want_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
+    int32_t *got_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
+    assert_int_equal(tu_library_forward(&p, NULL, want, want_idx), NSA_SUCCESS);
+
+    nsa_plan *plan;
+    assert_int_equal(nsa_plan_create(tu_context(), &cfg, &plan), NSA_SUCCESS);
+    nsa_cache *caches[MAX_SEQS];
+    int64_t pos[MAX_SEQS], m[MAX_SEQS];
+    for (int64_t b = 0; b < B; b++) {
+        assert_int_equal(nsa_cache_create(plan, c->total[b] + 3, c->dtype, &caches[b]),
+                         NSA_SUCCESS);
+        /* prefill in up to three appends of random sizes */
+        int64_t done = 0;
+        while (done < c->prefill[b]) {
+            int64_t n = tu_rng_int(&rng, 1, c->prefill[b] - done);
+            append_tokens(caches[b], &p, b, done, done + n);
+            done += n;
+        }
+        assert_int_equal(nsa_cache_length(caches[b]), c->prefill[b]);
+        pos[b] = 0; /* the prefill's own queries, as one chunk */
+        m[b] = c->prefill[b];
+    }
+    decode_step(plan, caches, &p, pos, m, got, got_idx);
+    for (int64_t steps = 0;; steps++) {
+        int64_t grown = 0;
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t len = nsa_cache_length(caches[b]);
+            m[b] = c->total[b] - len < c->max_step ? c->total[b] - len : c->max_step;
+            if (m[b] > 0)
+                m[b] = tu_rng_int(&rng, 1, m[b]);
+            append_tokens(caches[b], &p, b, len, len + m[b]);
+            pos[b] = len;
+            grown += m[b];
+        }
+        if (grown == 0)
+            break;
+        decode_step(plan, caches, &p, pos, m, got, got_idx);
+    }
+
+    /* The same selections as the forward, but for near-ties; compare the
+     * outputs against the forward given the decode's own selections. */
+    int64_t differ = 0;
+    const int64_t rows = p.total_tokens * cfg.num_kv_heads;
+    for (int64_t r = 0; r < rows; r++)
+        differ += memcmp(got_idx + r * cfg.sel_count, want_idx + r * cfg.sel_count,
+                         (size_t)cfg.sel_count * sizeof(int32_t)) != 0;
+    const int64_t allowed = c->dtype == NSA_DTYPE_BF16 ? rows / 20 + 2 : 3;
+    print_message("%s: %lld of %lld selections differ from the forward (allowed %lld)\n", c->name,
+                  (long long)differ, (long long)rows, (long long)allowed);
+    assert_true(differ <= allowed);
+    assert_int_equal(tu_library_forward(&p, got_idx, want, NULL), NSA_SUCCESS);
+    const tu_tol tol = c->dtype == NSA_DTYPE_BF16 ? (tu_tol){2e-2, 2e-2} : (tu_tol){1e-5, 1e-5};
+    assert_int_equal(tu_compare_f32_f32(c->name, got, want, p.total_tokens, cfg.num_q_heads,
+                                        cfg.head_dim_v, tol),
+                     0);
+
+    for (int64_t b = 0; b < B; b++)
+        nsa_cache_destroy(caches[b]);
+    nsa_plan_destroy(plan);
+    free(want);
+    free(got);
+    free(want_idx);
+    free(got_idx);
+    tu_problem_free(&p);
+}
+
+/* A full cache refuses an append whole and stays usable; a cache for other
+ * shapes, too many queries, a non-causal plan and a bad dtype are refused. */
+static void test_cache_errors(void **state)
+{
+    (void)state;
+    nsa_context *ctx = tu_context();
+    nsa_config cfg;
+    nsa_config_init(&cfg, 4, 2, 8, 8);
+    cfg.cmp_block = 4;
+    cfg.cmp_stride = 2;
+    cfg.sel_block = 8;
+    cfg.sel_count = 3;
+    nsa_plan *plan, *other;
+    assert_int_equal(nsa_plan_create(ctx, &cfg, &plan), NSA_SUCCESS);
+    nsa_cache *cache;
+    assert_int_equal(nsa_cache_create(plan, 10, NSA_DTYPE_F32, &cache), NSA_SUCCESS);
+    float k[16 * 2 * 8] = {0}, v[16 * 2 * 8] = {0}, q[4 * 8] = {0}, gates[4 * 3] = {0};
+    float out[4 * 8];
+    assert_int_equal(nsa_cache_append(cache, 8, k, v, NULL, NULL), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_append(cache, 3, k, v, NULL, NULL), NSA_ERROR_CAPACITY);
+    assert_non_null(strstr(nsa_context_last_error(ctx), "8 of 10"));
+    assert_int_equal(nsa_cache_length(cache), 8);
+    assert_int_equal(nsa_cache_append(cache, -1, k, v, NULL, NULL), NSA_ERROR_INVALID_DIMENSION);
+    assert_int_equal(nsa_cache_append(cache, 2, NULL, v, NULL, NULL), NSA_ERROR_NULL_POINTER);
+    assert_int_equal(nsa_cache_length(cache), 8);
+
+    const nsa_cache *one[1] = {cache};
+    int64_t too_many[2] = {0, 9};
+    assert_int_equal(nsa_decode(plan, 1, one, too_many, q, gates, out, NULL),
+                     NSA_ERROR_INVALID_SEQLENS);
+    nsa_config wider = cfg;
+    wider.head_dim_qk = 16;
+    assert_int_equal(nsa_plan_create(ctx, &wider, &other), NSA_SUCCESS);
+    int64_t cu[2] = {0, 1};
+    assert_int_equal(nsa_decode(other, 1, one, cu, q, gates, out, NULL), NSA_ERROR_MISMATCH);
+    assert_non_null(strstr(nsa_context_last_error(ctx), "caches[0]"));
+    nsa_plan_destroy(other);
+    assert_int_equal(nsa_decode(plan, 1, one, cu, q, gates, out, NULL), NSA_SUCCESS);
+
+    nsa_config encoder = cfg;
+    encoder.causal = 0;
+    assert_int_equal(nsa_plan_create(ctx, &encoder, &other), NSA_SUCCESS);
+    nsa_cache *refused = (nsa_cache *)1;
+    assert_int_equal(nsa_cache_create(other, 10, NSA_DTYPE_F32, &refused),
+                     NSA_ERROR_INVALID_ARGUMENT);
+    assert_null(refused);
+    assert_int_equal(nsa_decode(other, 1, one, cu, q, gates, out, NULL), NSA_ERROR_MISMATCH);
+    nsa_plan_destroy(other);
+    assert_int_equal(nsa_cache_create(plan, 10, (nsa_dtype)7, &refused),
+                     NSA_ERROR_INVALID_ARGUMENT);
+    assert_int_equal(nsa_cache_create(plan, 0, NSA_DTYPE_F32, &refused),
+                     NSA_ERROR_INVALID_DIMENSION);
+    assert_int_equal(nsa_cache_reset(cache), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_length(cache), 0);
+    nsa_cache_destroy(cache);
+    nsa_plan_destroy(plan);
+}
+
+static int teardown_group(void **state)
+{
+    (void)state;
+    tu_context_release();
+    return 0;
+}
+
+int main(void)
+{
+    enum { NUM_CASES = sizeof cases / sizeof cases[0] };
+    struct CMUnitTest tests[NUM_CASES + 1];
+    tu_announce_seed("test_decode");
+    for (size_t i = 0; i < NUM_CASES; i++)
+        tests[i] = (struct CMUnitTest){cases[i].name, run_case, NULL, NULL, (void *)&cases[i]};
+    tests[NUM_CASES] = (struct CMUnitTest)cmocka_unit_test(test_cache_errors);
+    return cmocka_run_group_tests(tests, NULL, teardown_group);
+}
