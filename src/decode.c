@@ -11,6 +11,7 @@
 
 #include "cache.h"
 #include "checked.h"
+#include "decode_split.h"
 #include "geometry.h"
 #include "threads.h"
 #include "tile.h"
@@ -117,21 +118,17 @@ static int64_t decode_items(const decode_run *run, int64_t num_seqs, decode_item
     return n;
 }
 
-static void decode_worker(void *arg, int32_t worker, int32_t num_workers)
+/* The tile of an item; convert is the bf16 scratch of the worker using it. */
+static nsa_tile make_tile(const decode_run *run, const decode_item *it, float *convert)
 {
-    decode_run *run = arg;
     const nsa_plan *plan = run->plan;
     const nsa_config *cfg = &plan->cfg;
     const int64_t g = plan->group_size, hq = cfg->num_q_heads, hkv = cfg->num_kv_heads;
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v, n = cfg->sel_count;
-    float *convert = run->scratch[worker] + run->tile_floats;
-    (void)num_workers;
-    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        const decode_item *it = &run->items[i];
-        const nsa_cache *cache = run->caches[it->seq];
-        /* the packed row of the item's first query */
-        const int64_t row = run->cu_queries[it->seq + 1] - (cache->length - it->first);
-        const nsa_tile tile = {
+    const nsa_cache *cache = run->caches[it->seq];
+    /* the packed row of the item's first query */
+    const int64_t row = run->cu_queries[it->seq + 1] - (cache->length - it->first);
+    return (nsa_tile){
             .raw = nsa_cache_keys(cache, it->head, 0, convert),
             .compressed = nsa_cache_keys(cache, it->head, 1, convert),
             .len = cache->length,
@@ -147,9 +144,29 @@ static void decode_worker(void *arg, int32_t worker, int32_t num_workers)
                                ? run->indices_out + (size_t)((row * hkv + it->head) * n)
                                : NULL,
             .index_stride = (size_t)(hkv * n),
-        };
-        nsa_tile_attend(plan, &tile, run->tile_queries, run->max_len, run->scratch[worker]);
+    };
+}
+
+static void decode_worker(void *arg, int32_t worker, int32_t num_workers)
+{
+    decode_run *run = arg;
+    float *convert = run->scratch[worker] + run->tile_floats;
+    (void)num_workers;
+    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
+        const nsa_tile tile = make_tile(run, &run->items[i], convert);
+        nsa_tile_attend(run->plan, &tile, run->tile_queries, run->max_len, run->scratch[worker]);
     }
+}
+
+/* A few tiles: split each over all workers (decode_split.c). */
+static nsa_status decode_split(decode_run *run, int64_t num_seqs, int64_t items)
+{
+    nsa_tile tiles[NSA_SPLIT_MAX_TILES];
+    decode_item list[NSA_SPLIT_MAX_TILES];
+    decode_items(run, num_seqs, list);
+    for (int64_t i = 0; i < items; i++)
+        tiles[i] = make_tile(run, &list[i], NULL);
+    return nsa_decode_split(run->plan, tiles, items, run->max_len);
 }
 
 static void run_free(decode_run *run, int32_t workers)
@@ -176,6 +193,8 @@ nsa_status nsa_decode(const nsa_plan *plan, int64_t num_seqs, const nsa_cache *c
     const int64_t items = decode_items(&run, num_seqs, NULL);
     if (items == 0)
         return NSA_SUCCESS;
+    if (items <= NSA_SPLIT_MAX_TILES)
+        return decode_split(&run, num_seqs, items);
 
     nsa_context *ctx = plan->ctx;
     const int32_t workers = ctx->num_threads;

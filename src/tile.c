@@ -22,6 +22,7 @@ struct nsa_tile_scratch {
     float *p_sum;        /* [max compressed] */
     float *score;        /* [max blocks] */
     int32_t *blocks;     /* [max queries][n] */
+    int32_t *union_blocks; /* [max queries * n] */
     int32_t *lo, *hi;    /* [m] */
     int64_t *row_first, *row_last; /* [m] */
     nsa_softmax_state branch[3];   /* cmp, slc, swa */
@@ -80,6 +81,7 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     CARVE(row_first, int64_t, 2 * m);
     CARVE(row_last, int64_t, 2 * m);
     CARVE(blocks, int32_t, (size_t)max_queries * (size_t)cfg->sel_count);
+    CARVE(union_blocks, int32_t, (size_t)max_queries * (size_t)cfg->sel_count);
     CARVE(lo, int32_t, m);
     CARVE(hi, int32_t, m);
     if (f != NULL)
@@ -101,14 +103,28 @@ static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, float *q)
         memcpy(q + (size_t)i * row_floats, tile->q + (size_t)i * tile->q_stride,
                row_floats * sizeof *q);
 }
+void nsa_choose_blocks(const nsa_plan *plan, int64_t pos, int64_t len, const float *p,
+                       size_t ldp, const float *sum, float *p_sum, float *score, int32_t *blocks)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t nc = nsa_visible_compressed(cfg, pos, len);
+    for (int64_t i = 0; i < nc; i++) {
+        float total = 0.0f;
+        for (int64_t r = 0; r < plan->group_size; r++)
+            total += p[(size_t)r * ldp + (size_t)i] / sum[r];
+        p_sum[i] = total;
+    }
+    const int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
+    nsa_block_scores(cfg, p_sum, nc, score, candidates);
+    nsa_select_blocks(cfg, score, candidates, pos / cfg->sel_block, blocks);
+}
+
 /* The queries' blocks: the caller's (sorted), or chosen from the
  * compressed-branch probabilities left in t->s_cmp (spec section 3). */
 static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scratch *t)
 {
-    const nsa_config *cfg = &plan->cfg;
-    const int64_t n = cfg->sel_count, g = plan->group_size, len = tile->len;
+    const int64_t n = plan->cfg.sel_count, g = plan->group_size;
     for (int64_t tq = 0; tq < tile->count; tq++) {
-        const int64_t pos = tile->first + tq;
         int32_t *blocks = t->blocks + tq * n;
         if (tile->given != NULL) {
             memcpy(blocks, tile->given + (size_t)tq * tile->index_stride,
@@ -116,57 +132,81 @@ static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_s
             nsa_normalize_blocks(blocks, (int32_t)n);
             continue;
         }
-        const int64_t nc = nsa_visible_compressed(cfg, pos, len);
-        for (int64_t i = 0; i < nc; i++) {
-            float sum = 0.0f;
-            for (int64_t r = tq * g; r < (tq + 1) * g; r++)
-                sum += t->s_cmp[(size_t)r * t->lds_cmp + (size_t)i] / t->branch[0].sum[r];
-            t->p_sum[i] = sum;
-        }
-        int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
-        nsa_block_scores(cfg, t->p_sum, nc, t->score, candidates);
-        nsa_select_blocks(cfg, t->score, candidates, pos / cfg->sel_block, blocks);
+        nsa_choose_blocks(plan, tile->first + tq, tile->len, t->s_cmp + (size_t)(tq * g) * t->lds_cmp,
+                          t->lds_cmp, t->branch[0].sum + tq * g, t->p_sum, t->score, blocks);
         if (tile->indices_out != NULL)
             memcpy(tile->indices_out + (size_t)tq * tile->index_stride, blocks,
                    (size_t)n * sizeof *blocks);
     }
 }
 
-/* Selected branch over the union of the tile's blocks, ascending; a row
- * takes a block only if its query chose it. */
+int64_t nsa_union_blocks(const nsa_plan *plan, int64_t count, const int32_t *chosen,
+                         int32_t *blocks)
+{
+    const int64_t n = plan->cfg.sel_count;
+    int64_t size = 0;
+    for (int64_t i = 0; i < count * n; i++)
+        if (chosen[i] >= 0)
+            blocks[size++] = chosen[i];
+    nsa_sort_blocks(blocks, (int32_t)size);
+    int64_t unique = 0;
+    for (int64_t i = 0; i < size; i++)
+        if (unique == 0 || blocks[unique - 1] != blocks[i])
+            blocks[unique++] = blocks[i];
+    return unique;
+}
+
+void nsa_selected_rows(const nsa_plan *plan, int64_t first, int64_t count, int64_t len,
+                       const int32_t *chosen, int64_t block, int64_t *row_first,
+                       int64_t *row_last)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t n = cfg->sel_count, g = plan->group_size;
+    const int64_t start = block * cfg->sel_block, end = start + cfg->sel_block - 1;
+    for (int64_t tq = 0; tq < count; tq++) {
+        const int64_t limit = cfg->causal ? first + tq : len - 1;
+        int takes = 0;
+        for (int64_t i = 0; i < n && !takes; i++)
+            takes = chosen[tq * n + i] == block;
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            row_first[r] = takes ? start : 1;
+            row_last[r] = takes ? (end < limit ? end : limit) : 0;
+        }
+    }
+}
+
+void nsa_window_rows(const nsa_plan *plan, int64_t first, int64_t count, int64_t len,
+                     int64_t *row_first, int64_t *row_last, int64_t *first_key,
+                     int64_t *last_key)
+{
+    const int64_t g = plan->group_size;
+    *first_key = INT64_MAX;
+    *last_key = -1;
+    for (int64_t tq = 0; tq < count; tq++) {
+        int64_t a, b;
+        nsa_window_range(&plan->cfg, first + tq, len, &a, &b);
+        *first_key = a < *first_key ? a : *first_key;
+        *last_key = b > *last_key ? b : *last_key;
+        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+            row_first[r] = a;
+            row_last[r] = b;
+        }
+    }
+}
+
+/* Selected branch over the union of the sub-tile's blocks, ascending; a
+ * row takes a block only if its query chose it. */
 static void attend_selected(const nsa_plan *plan, const nsa_rows *rows, const nsa_keys *keys,
                             int64_t len, int64_t t0, int64_t count, const int32_t *chosen,
                             const nsa_softmax_state *state, nsa_tile_scratch *t)
 {
-    const nsa_config *cfg = &plan->cfg;
-    const nsa_ukernels *uk = &plan->kernels;
-    const int64_t n = cfg->sel_count, g = plan->group_size, lsel = cfg->sel_block;
-    int64_t cursor[NSA_TILE_ROWS]; /* sub-tiles hold at most NSA_TILE_ROWS queries */
-    for (int64_t tq = 0; tq < count; tq++)
-        cursor[tq] = 0;
-    for (;;) {
-        /* The next block in the union: the smallest not yet taken. */
-        int64_t block = INT64_MAX;
-        for (int64_t tq = 0; tq < count; tq++) {
-            int64_t c = cursor[tq];
-            int32_t j = c < n ? chosen[tq * n + c] : -1;
-            if (j >= 0 && j < block)
-                block = j;
-        }
-        if (block == INT64_MAX)
-            return;
-        const int64_t first = block * lsel, last = first + lsel - 1;
-        for (int64_t tq = 0; tq < count; tq++) {
-            int64_t pos = t0 + tq, limit = cfg->causal ? pos : len - 1;
-            int takes = cursor[tq] < n && chosen[tq * n + cursor[tq]] == block;
-            cursor[tq] += takes;
-            for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
-                t->row_first[r] = takes ? first : 1;
-                t->row_last[r] = takes ? (last < limit ? last : limit) : 0;
-            }
-        }
-        nsa_attend_keys(uk, rows, keys, first, last, t->row_first, t->row_last, state, t->s,
-                        t->lo, t->hi);
+    const int64_t lsel = plan->cfg.sel_block;
+    const int64_t blocks = nsa_union_blocks(plan, count, chosen, t->union_blocks);
+    for (int64_t i = 0; i < blocks; i++) {
+        const int64_t block = t->union_blocks[i];
+        nsa_selected_rows(plan, t0, count, len, chosen, block, t->row_first, t->row_last);
+        nsa_attend_keys(&plan->kernels, rows, keys, block * lsel, block * lsel + lsel - 1,
+                        t->row_first, t->row_last, state, t->s, t->lo, t->hi);
     }
 }
 
@@ -174,19 +214,8 @@ static void attend_window(const nsa_plan *plan, const nsa_rows *rows, const nsa_
                           int64_t len, int64_t t0, int64_t count, const nsa_softmax_state *state,
                           nsa_tile_scratch *t)
 {
-    const nsa_config *cfg = &plan->cfg;
-    const int64_t g = plan->group_size;
-    int64_t first = INT64_MAX, last = -1;
-    for (int64_t tq = 0; tq < count; tq++) {
-        int64_t a, b;
-        nsa_window_range(cfg, t0 + tq, len, &a, &b);
-        first = a < first ? a : first;
-        last = b > last ? b : last;
-        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
-            t->row_first[r] = a;
-            t->row_last[r] = b;
-        }
-    }
+    int64_t first, last;
+    nsa_window_rows(plan, t0, count, len, t->row_first, t->row_last, &first, &last);
     nsa_attend_keys(&plan->kernels, rows, keys, first, last, t->row_first, t->row_last, state,
                     t->s, t->lo, t->hi);
 }

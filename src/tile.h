@@ -56,4 +56,29 @@ void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_que
 void nsa_tile_attend_dense(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,
                            int64_t max_len, float *scratch);
 
+/* Pieces of a tile's work, for decode's split path (decode_split.c). */
+
+/* Blocks for the query at position pos of a sequence of len keys, from the
+ * compressed-branch probabilities of its G rows: row r's at p + r * ldp,
+ * unnormalised, sum[r] their total. p_sum and score are scratch for the
+ * compressed tokens and the blocks. Writes n blocks, ascending, -1 padded. */
+void nsa_choose_blocks(const nsa_plan *plan, int64_t pos, int64_t len, const float *p,
+                       size_t ldp, const float *sum, float *p_sum, float *score, int32_t *blocks);
+
+/* The union of count queries' chosen blocks ([count][n], each ascending,
+ * -1 padded) into blocks, ascending; returns its size. */
+int64_t nsa_union_blocks(const nsa_plan *plan, int64_t count, const int32_t *chosen,
+                         int32_t *blocks);
+
+/* Per row of queries first .. first + count - 1: the keys of `block` it
+ * attends to (row_first > row_last when its query did not choose it). */
+void nsa_selected_rows(const nsa_plan *plan, int64_t first, int64_t count, int64_t len,
+                       const int32_t *chosen, int64_t block, int64_t *row_first,
+                       int64_t *row_last);
+
+/* Per row: its query's window; *first_key, *last_key: their union. */
+void nsa_window_rows(const nsa_plan *plan, int64_t first, int64_t count, int64_t len,
+                     int64_t *row_first, int64_t *row_last, int64_t *first_key,
+                     int64_t *last_key);
+
 #endif /* NSA_TILE_H */

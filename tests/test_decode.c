@@ -269,6 +269,47 @@ static void test_cache_errors(void **state)
     nsa_plan_destroy(plan);
 }
 
+/* Decode of one long cache (the split path: its keys spread over all
+ * workers) gives the same bits on 1, 2 and 3 threads. */
+static void test_threads_do_not_change_bits(void **state)
+{
+    (void)state;
+    tu_rng rng = tu_rng_for("threads");
+    nsa_config cfg;
+    nsa_config_init(&cfg, 8, 1, 16, 16);
+    const int64_t len = 3000;
+    tu_problem p;
+    assert_int_equal(tu_problem_init(&p, &cfg, &len, 1, 0, 0, &rng), 0);
+    float *outs[3];
+    for (int threads = 1; threads <= 3; threads++) {
+        nsa_context_options opts;
+        nsa_context_options_init(&opts);
+        opts.num_threads = threads;
+        opts.bind_threads = 0;
+        nsa_context *ctx;
+        nsa_plan *plan;
+        nsa_cache *cache;
+        assert_int_equal(nsa_context_create(&opts, &ctx), NSA_SUCCESS);
+        assert_int_equal(nsa_plan_create(ctx, &cfg, &plan), NSA_SUCCESS);
+        assert_int_equal(nsa_cache_create(plan, len, NSA_DTYPE_BF16, &cache), NSA_SUCCESS);
+        assert_int_equal(nsa_cache_append(cache, len, p.k, p.v, NULL, NULL), NSA_SUCCESS);
+        const nsa_cache *one[1] = {cache};
+        int64_t cu[2] = {0, 2}; /* the last two tokens */
+        outs[threads - 1] = tu_xcalloc(2 * 8 * 16, sizeof(float));
+        assert_int_equal(nsa_decode(plan, 1, one, cu, p.q + (len - 2) * 8 * 16,
+                                    p.gates + (len - 2) * 8 * 3, outs[threads - 1], NULL),
+                         NSA_SUCCESS);
+        nsa_cache_destroy(cache);
+        nsa_plan_destroy(plan);
+        nsa_context_destroy(ctx);
+    }
+    assert_memory_equal(outs[0], outs[1], 2 * 8 * 16 * sizeof(float));
+    assert_memory_equal(outs[0], outs[2], 2 * 8 * 16 * sizeof(float));
+    for (int i = 0; i < 3; i++)
+        free(outs[i]);
+    tu_problem_free(&p);
+}
+
 static int teardown_group(void **state)
 {
     (void)state;
@@ -279,10 +320,11 @@ static int teardown_group(void **state)
 int main(void)
 {
     enum { NUM_CASES = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[NUM_CASES + 1];
+    struct CMUnitTest tests[NUM_CASES + 2];
     tu_announce_seed("test_decode");
     for (size_t i = 0; i < NUM_CASES; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, run_case, NULL, NULL, (void *)&cases[i]};
     tests[NUM_CASES] = (struct CMUnitTest)cmocka_unit_test(test_cache_errors);
+    tests[NUM_CASES + 1] = (struct CMUnitTest)cmocka_unit_test(test_threads_do_not_change_bits);
     return cmocka_run_group_tests(tests, NULL, teardown_group);
 }
