@@ -325,6 +325,74 @@ NSA_API nsa_status nsa_forward_with_indices(
     const int32_t *block_indices, float *out);
 
 /* ------------------------------------------------------------------------ */
+/* Training: the backward pass (spec section 7)                              */
+/* ------------------------------------------------------------------------ */
+
+/* What nsa_backward needs from the forward pass of a batch: the
+ * log-sum-exp of each branch for every query head ([3][T][Hq] floats) and
+ * the selected blocks ([T][Hkv][n]). Owned by the caller; reusable for any
+ * batch of at most the tokens it was created for. Opaque. */
+typedef struct nsa_saved nsa_saved;
+
+/* Creates room for batches of up to max_tokens tokens.
+ * Errors: NSA_ERROR_NULL_POINTER, NSA_ERROR_INVALID_DIMENSION,
+ * NSA_ERROR_SIZE_OVERFLOW, NSA_ERROR_OUT_OF_MEMORY. */
+NSA_API nsa_status nsa_saved_create(const nsa_plan *plan, int64_t max_tokens,
+                                    nsa_saved **saved);
+
+/* Releases it. NULL is accepted and ignored. */
+NSA_API void nsa_saved_destroy(nsa_saved *saved);
+
+/* nsa_forward_train: nsa_forward that also records in saved what
+ * nsa_backward needs. Same arguments and errors as nsa_forward, plus
+ * NSA_ERROR_NULL_POINTER (saved), NSA_ERROR_CAPACITY when the batch has
+ * more tokens than saved holds, NSA_ERROR_MISMATCH when saved was made for
+ * another plan's shapes. */
+NSA_API nsa_status nsa_forward_train(const nsa_plan *plan, const nsa_batch *batch,
+                                     const float *q, const float *k, const float *v,
+                                     const float *gates, const nsa_compress_params *cmp_k,
+                                     const nsa_compress_params *cmp_v, float *out,
+                                     nsa_saved *saved);
+
+/* Gradients of phi's parameters, shaped as nsa_compress_params: each
+ * pointer the kind uses receives the gradient of that parameter (pe only
+ * where the forward had one); NULL skips a gradient nobody wants. */
+typedef struct nsa_compress_grads {
+    float *pe;
+    float *a;
+    float *w;
+    float *w1;
+    float *w2;
+} nsa_compress_grads;
+
+/* nsa_backward: the gradients of a loss through nsa_forward (spec section
+ * 7), given dout = dLoss/dout [T][Hq][Dv]. Selection is a constant: no
+ * gradient flows through the ranking, as in the paper.
+ *
+ *   batch, q, k, v, gates, cmp_k, cmp_v   exactly the forward's inputs
+ *   saved    from nsa_forward_train on these inputs, or NULL to recompute
+ *            the selection and log-sum-exps here (less memory kept between
+ *            forward and backward, one more forward's worth of work)
+ *   dq [T][Hq][Dk], dk [T][Hkv][Dk], dv [T][Hkv][Dv], dgates [T][Hq][3]
+ *            overwritten with the gradients
+ *   grad_k, grad_v   gradients of cmp_k's and cmp_v's parameters
+ *            (overwritten); either may be NULL
+ *
+ * dK and dV sum the contributions of every query that attended to a key;
+ * the sums are taken in a fixed order with no atomics, so the gradients
+ * are bitwise the same on every run and for every thread count.
+ * Memory: O(T). Errors: as nsa_forward, plus NSA_ERROR_CAPACITY when saved
+ * holds fewer tokens than the batch and NSA_ERROR_MISMATCH when it was made
+ * for another plan's shapes. Outputs are written only on NSA_SUCCESS. */
+NSA_API nsa_status nsa_backward(const nsa_plan *plan, const nsa_batch *batch, const float *q,
+                                const float *k, const float *v, const float *gates,
+                                const nsa_compress_params *cmp_k,
+                                const nsa_compress_params *cmp_v, const float *dout,
+                                const nsa_saved *saved, float *dq, float *dk, float *dv,
+                                float *dgates, const nsa_compress_grads *grad_k,
+                                const nsa_compress_grads *grad_v);
+
+/* ------------------------------------------------------------------------ */
 /* Dense attention                                                           */
 /* ------------------------------------------------------------------------ */
 

@@ -24,6 +24,7 @@
 #include "compress.h"
 #include "forward.h"
 #include "geometry.h"
+#include "saved.h"
 #include "tile.h"
 
 /* A unit of work: phase 1 packs and compresses panels [first, first+count)
@@ -185,6 +186,9 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
                            ? call->indices_out + (size_t)((token * hkv + h) * n)
                            : NULL,
         .index_stride = (size_t)(hkv * n),
+        .lse = call->saved != NULL ? call->saved->lse + (size_t)(token * hq + h * g) : NULL,
+        .lse_stride = (size_t)hq,
+        .lse_branch_stride = (size_t)(call->batch->total_tokens * hq),
     };
 }
 
@@ -358,6 +362,29 @@ nsa_status nsa_forward(const nsa_plan *plan, const nsa_batch *batch, const float
                          .cmp_k = cmp_k, .cmp_v = cmp_v, .out = out,
                          .indices_out = block_indices_out};
     return run_forward(&call);
+}
+
+nsa_status nsa_forward_train(const nsa_plan *plan, const nsa_batch *batch, const float *q,
+                             const float *k, const float *v, const float *gates,
+                             const nsa_compress_params *cmp_k, const nsa_compress_params *cmp_v,
+                             float *out, nsa_saved *saved)
+{
+    if (plan == NULL)
+        return NSA_ERROR_NULL_POINTER;
+    if (saved == NULL)
+        return nsa_fail(plan->ctx, NSA_ERROR_NULL_POINTER, "saved is NULL");
+    if (batch != NULL) {
+        nsa_status status = nsa_saved_check(plan, saved, batch->total_tokens);
+        if (status != NSA_SUCCESS)
+            return status;
+    }
+    forward_call call = {.plan = plan, .batch = batch, .q = q, .k = k, .v = v, .gates = gates,
+                         .cmp_k = cmp_k, .cmp_v = cmp_v, .out = out,
+                         .indices_out = saved->indices, .saved = saved};
+    nsa_status status = run_forward(&call);
+    if (status == NSA_SUCCESS)
+        saved->tokens = batch->total_tokens;
+    return status;
 }
 
 nsa_status nsa_dense_forward(const nsa_plan *plan, const nsa_batch *batch, const float *q,

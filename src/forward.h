@@ -18,6 +18,7 @@ typedef struct forward_call {
     float *out;
     int32_t *indices_out; /* optional */
     int dense;            /* nsa_dense_forward: no gates, phi or selection */
+    struct nsa_saved *saved; /* nsa_forward_train: record for the backward */
     int64_t max_len;      /* longest sequence, set by the checks */
 } forward_call;
 

@@ -7,6 +7,7 @@
  * Consecutive queries share most of their blocks and window, which keeps
  * small groups (G = 1, 2, 4) as efficient as G = 16.
  */
+#include <math.h>
 #include <string.h>
 
 #include "geometry.h"
@@ -242,6 +243,21 @@ static void attend_compressed(const nsa_plan *plan, const nsa_rows *rows,
                         t->s_cmp, t->lds_cmp, &t->branch[0]);
 }
 
+/* Each branch's log-sum-exp per row, for the backward pass. */
+static void record_lse(const nsa_plan *plan, const nsa_tile *tile, const nsa_tile_scratch *t)
+{
+    const int64_t g = plan->group_size;
+    for (int b = 0; b < 3; b++)
+        for (int64_t tq = 0; tq < tile->count; tq++) {
+            float *lse = tile->lse + (size_t)b * tile->lse_branch_stride + (size_t)tq * tile->lse_stride;
+            for (int64_t i = 0; i < g; i++) {
+                const int64_t r = tq * g + i;
+                const float sum = t->branch[b].sum[r];
+                lse[i] = sum > 0.0f ? t->branch[b].max[r] + logf(sum) : -INFINITY;
+            }
+        }
+}
+
 void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,
                      int64_t max_len, float *scratch)
 {
@@ -276,6 +292,8 @@ void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_que
         attend_window(plan, &sub_rows, &tile->raw, tile->len, tile->first + sub, n, &part[2], t);
     }
 
+    if (tile->lse != NULL)
+        record_lse(plan, tile, t);
     for (int64_t tq = 0; tq < count; tq++) {
         const size_t row0 = (size_t)(tq * g);
         const nsa_softmax_state *s = t->branch;

@@ -35,6 +35,10 @@ typedef struct nsa_tile {
     const int32_t *given;  /* caller's blocks, or NULL to select */
     int32_t *indices_out;  /* optional */
     size_t index_stride;
+    /* Optional (training): each branch's log-sum-exp of query i's G rows at
+     * lse + branch * lse_branch_stride + i * lse_stride. */
+    float *lse;
+    size_t lse_stride, lse_branch_stride;
 } nsa_tile;
 
 /* Queries per tile and per sub-tile for a plan. */
