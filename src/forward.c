@@ -24,6 +24,7 @@
 #include "compress.h"
 #include "forward.h"
 #include "geometry.h"
+#include "memory.h"
 #include "saved.h"
 #include "tile.h"
 
@@ -47,6 +48,7 @@ typedef struct forward_run {
     int64_t *c_offset, *p_offset, *cp_offset;
     float *kc, *vc; /* compressed rows [Hkv][total compressed][D] */
     float *kp;      /* key panels [Hkv][total panels][Dk][NSA_PANEL] */
+    float *vp;      /* values per head [Hkv][T][Dv] */
     float *kcp;     /* compressed key panels, same layout */
     work_item *items;
     nsa_work_queue queue;
@@ -97,10 +99,18 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
         const int64_t b = it->seq, h = it->head, start = call->batch->cu_seqlens[b];
         const int64_t len = call->batch->cu_seqlens[b + 1] - start;
         const float *k = call->k + (size_t)((start * hkv + h) * dk);
-        if (it->tensor == 2) { /* raw key panels */
+        if (it->tensor == 2) { /* raw key panels, and the same tokens' values */
             float *dst = seq_panels(run, run->kp, run->p_offset, b, h);
             pack_panels(k, (size_t)(hkv * dk), len, dk, it->first, it->count,
                         dst + (size_t)(it->first * dk * NSA_PANEL));
+            const int64_t first = it->first * NSA_PANEL;
+            const int64_t last = (it->first + it->count) * NSA_PANEL < len
+                                     ? (it->first + it->count) * NSA_PANEL
+                                     : len;
+            float *vdst = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
+            for (int64_t j = first; j < last; j++)
+                memcpy(vdst + (size_t)(j * dv), call->v + (size_t)(((start + j) * hkv + h) * dv),
+                       (size_t)dv * sizeof(float));
             continue;
         }
         const int64_t dim = it->tensor == 0 ? dk : dv;
@@ -163,8 +173,8 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
     const int64_t token = start + it->first; /* the tile's first query */
     return (nsa_tile){
         .raw = {.kp = seq_panels(run, run->kp, run->p_offset, b, h),
-                .v = call->v + (size_t)((start * hkv + h) * dv),
-                .ldv = (size_t)(hkv * dv),
+                .v = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv),
+                .ldv = (size_t)dv,
                 .count = len},
         .compressed = {.kp = seq_panels(run, run->kcp, run->cp_offset, b, h),
                        .v = run->vc + (size_t)((h * run->c_offset[B] + run->c_offset[b]) * dv),
@@ -264,8 +274,9 @@ static void run_free(forward_run *run, int32_t workers)
     free(run->items);
     free(run->kc);
     free(run->vc);
-    free(run->kp);
-    free(run->kcp);
+    nsa_free_large(run->kp);
+    nsa_free_large(run->vp);
+    nsa_free_large(run->kcp);
     free(run->c_offset);
 }
 
@@ -301,8 +312,9 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     }
     run->kc = alloc_floats(hkv * run->c_offset[B] * dk);
     run->vc = alloc_floats(hkv * run->c_offset[B] * dv);
-    run->kp = alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * dk);
-    run->kcp = alloc_floats(hkv * run->cp_offset[B] * NSA_PANEL * dk);
+    run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
+    run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
+    run->kcp = nsa_alloc_large((size_t)(hkv * run->cp_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
 
     int64_t n1 = prepare_items(run, NULL), n2 = attend_items(run, NULL);
     run->items = malloc((size_t)(n1 > n2 ? n1 : n2) * sizeof *run->items + 1);
@@ -315,7 +327,8 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     if (work_v > run->scratch_floats)
         run->scratch_floats = work_v;
     run->scratch = calloc((size_t)workers, sizeof *run->scratch);
-    if (run->kc == NULL || run->vc == NULL || run->kp == NULL || run->kcp == NULL ||
+    if (run->kc == NULL || run->vc == NULL || run->kp == NULL || run->vp == NULL ||
+        run->kcp == NULL ||
         run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
     for (int32_t w = 0; w < workers; w++)

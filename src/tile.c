@@ -109,11 +109,13 @@ void nsa_choose_blocks(const nsa_plan *plan, int64_t pos, int64_t len, const flo
 {
     const nsa_config *cfg = &plan->cfg;
     const int64_t nc = nsa_visible_compressed(cfg, pos, len);
-    for (int64_t i = 0; i < nc; i++) {
-        float total = 0.0f;
-        for (int64_t r = 0; r < plan->group_size; r++)
-            total += p[(size_t)r * ldp + (size_t)i] / sum[r];
-        p_sum[i] = total;
+    /* Row by row, so the inner loop runs along contiguous probabilities. */
+    for (int64_t i = 0; i < nc; i++)
+        p_sum[i] = 0.0f;
+    for (int64_t r = 0; r < plan->group_size; r++) {
+        const float inv = 1.0f / sum[r], *pr = p + (size_t)r * ldp;
+        for (int64_t i = 0; i < nc; i++)
+            p_sum[i] += pr[i] * inv;
     }
     const int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
     nsa_block_scores(cfg, p_sum, nc, score, candidates);
@@ -195,6 +197,30 @@ void nsa_window_rows(const nsa_plan *plan, int64_t first, int64_t count, int64_t
     }
 }
 
+/* Asks for a selected block's keys and values ahead of use: the blocks are
+ * scattered over the sequence, so unlike the window they give the hardware
+ * prefetcher no stream to follow. Every other cache line: the adjacent-line
+ * prefetcher brings its pair. */
+static void prefetch_block(const nsa_plan *plan, const nsa_keys *keys, int64_t block)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t first = block * cfg->sel_block;
+    const int64_t count = first + cfg->sel_block <= keys->count ? cfg->sel_block
+                                                                 : keys->count - first;
+    if (count <= 0 || keys->kp == NULL)
+        return; /* bf16 keys are converted chunk by chunk; let them stream */
+    const char *k = (const char *)(keys->kp + (size_t)(first - first % NSA_PANEL) *
+                                                  (size_t)cfg->head_dim_qk);
+    const size_t k_bytes = (size_t)(count + NSA_PANEL) * (size_t)cfg->head_dim_qk * sizeof(float);
+    for (size_t b = 0; b < k_bytes; b += 128)
+        __builtin_prefetch(k + b, 0, 3);
+    for (int64_t j = 0; j < count; j++) {
+        const char *row = (const char *)(keys->v + (size_t)(first + j) * keys->ldv);
+        for (size_t b = 0; b < (size_t)cfg->head_dim_v * sizeof(float); b += 128)
+            __builtin_prefetch(row + b, 0, 3);
+    }
+}
+
 /* Selected branch over the union of the sub-tile's blocks, ascending; a
  * row takes a block only if its query chose it. */
 static void attend_selected(const nsa_plan *plan, const nsa_rows *rows, const nsa_keys *keys,
@@ -205,6 +231,8 @@ static void attend_selected(const nsa_plan *plan, const nsa_rows *rows, const ns
     const int64_t blocks = nsa_union_blocks(plan, count, chosen, t->union_blocks);
     for (int64_t i = 0; i < blocks; i++) {
         const int64_t block = t->union_blocks[i];
+        if (i + 1 < blocks)
+            prefetch_block(plan, keys, t->union_blocks[i + 1]);
         nsa_selected_rows(plan, t0, count, len, chosen, block, t->row_first, t->row_last);
         nsa_attend_keys(&plan->kernels, rows, keys, block * lsel, block * lsel + lsel - 1,
                         t->row_first, t->row_last, state, t->s, t->lo, t->hi);
@@ -258,6 +286,29 @@ static void record_lse(const nsa_plan *plan, const nsa_tile *tile, const nsa_til
         }
 }
 
+enum { CMP, SLC, SWA }; /* branches */
+
+/* The selected (SLC) or window (SWA) branch for `count` of the tile's
+ * queries from query `sub`. */
+static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scratch *t,
+                        int branch, int64_t sub, int64_t count)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
+    const size_t row0 = (size_t)(sub * plan->group_size);
+    const nsa_rows rows = {.m = (size_t)(count * plan->group_size), .dk = dk, .dv = dv,
+                           .scale = cfg->scale, .q = t->q + row0 * dk};
+    const nsa_softmax_state part = {.max = t->branch[branch].max + row0,
+                                    .sum = t->branch[branch].sum + row0,
+                                    .acc = t->branch[branch].acc + row0 * dv,
+                                    .ldacc = dv};
+    if (branch == SLC)
+        attend_selected(plan, &rows, &tile->raw, tile->len, tile->first + sub, count,
+                        t->blocks + sub * cfg->sel_count, &part, t);
+    else
+        attend_window(plan, &rows, &tile->raw, tile->len, tile->first + sub, count, &part, t);
+}
+
 void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,
                      int64_t max_len, float *scratch)
 {
@@ -276,21 +327,15 @@ void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_que
 
     attend_compressed(plan, &rows, &tile->compressed, tile->len, tile->first, count, t);
     choose_blocks(plan, tile, t);
-    for (int64_t sub = 0; sub < count; sub += sub_queries) {
-        const int64_t n = count - sub < sub_queries ? count - sub : sub_queries;
-        const size_t row0 = (size_t)(sub * g);
-        const nsa_rows sub_rows = {.m = (size_t)(n * g), .dk = (size_t)dk, .dv = (size_t)dv,
-                                   .scale = cfg->scale, .q = t->q + row0 * (size_t)dk};
-        nsa_softmax_state part[3];
-        for (int i = 1; i < 3; i++)
-            part[i] = (nsa_softmax_state){.max = t->branch[i].max + row0,
-                                          .sum = t->branch[i].sum + row0,
-                                          .acc = t->branch[i].acc + row0 * (size_t)dv,
-                                          .ldacc = (size_t)dv};
-        attend_selected(plan, &sub_rows, &tile->raw, tile->len, tile->first + sub, n,
-                        t->blocks + sub * cfg->sel_count, &part[1], t);
-        attend_window(plan, &sub_rows, &tile->raw, tile->len, tile->first + sub, n, &part[2], t);
-    }
+    /* Windows of consecutive queries differ by one key each: the whole tile
+     * shares one pass unless that would mask off more than a sixteenth of
+     * the keys, as with many queries per tile (small G). */
+    const int64_t window_queries = count <= cfg->window / 16 + 1 ? count : sub_queries;
+    for (int64_t sub = 0; sub < count; sub += sub_queries)
+        attend_rows(plan, tile, t, SLC, sub, count - sub < sub_queries ? count - sub : sub_queries);
+    for (int64_t sub = 0; sub < count; sub += window_queries)
+        attend_rows(plan, tile, t, SWA, sub,
+                    count - sub < window_queries ? count - sub : window_queries);
 
     if (tile->lse != NULL)
         record_lse(plan, tile, t);
