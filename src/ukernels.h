@@ -57,6 +57,13 @@ typedef void nsa_gate_mix_ukernel(size_t m, size_t dv, const float *gates, const
                                 const float *slc_sum, const float *swa_acc,
                                 const float *swa_sum, size_t ldacc, float *out);
 
+/* gate / sum for the gate mix: a branch whose sum is 0 saw no key, its
+ * accumulator is 0, and it contributes 0. Shared by every ISA's gate_mix. */
+static inline float nsa_gate_over_sum(float gate, float sum)
+{
+    return sum > 0.0f ? gate / sum : 0.0f;
+}
+
 /* Weighted pooling of one window: y[dim] = sum_{j<l} weight[j] x[j][dim],
  * x rows of stride ldx. Serves the mean and weighted kinds of phi. */
 typedef void nsa_pool_ukernel(size_t l, size_t dim, const float *weight, const float *x,

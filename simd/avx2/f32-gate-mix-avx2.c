@@ -6,11 +6,6 @@
 #include "avx2-helpers.h"
 #include "ukernels.h"
 
-static float gate_over_sum(float gate, float sum)
-{
-    return sum > 0.0f ? gate / sum : 0.0f;
-}
-
 void nsa_f32_gate_mix_ukernel__avx2(size_t m, size_t dv, const float *gates,
                                     const float *cmp_acc, const float *cmp_sum,
                                     const float *slc_acc, const float *slc_sum,
@@ -18,9 +13,9 @@ void nsa_f32_gate_mix_ukernel__avx2(size_t m, size_t dv, const float *gates,
                                     float *out)
 {
     for (size_t r = 0; r < m; r++) {
-        const __m256 a = _mm256_set1_ps(gate_over_sum(gates[3 * r + 0], cmp_sum[r]));
-        const __m256 b = _mm256_set1_ps(gate_over_sum(gates[3 * r + 1], slc_sum[r]));
-        const __m256 c = _mm256_set1_ps(gate_over_sum(gates[3 * r + 2], swa_sum[r]));
+        const __m256 a = _mm256_set1_ps(nsa_gate_over_sum(gates[3 * r + 0], cmp_sum[r]));
+        const __m256 b = _mm256_set1_ps(nsa_gate_over_sum(gates[3 * r + 1], slc_sum[r]));
+        const __m256 c = _mm256_set1_ps(nsa_gate_over_sum(gates[3 * r + 2], swa_sum[r]));
         const size_t i = r * ldacc;
         for (size_t e = 0; e < dv; e += 8) {
             const __m256i mask = nsa_avx2_mask_first(dv - e < 8 ? dv - e : 8);

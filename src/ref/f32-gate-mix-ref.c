@@ -6,12 +6,6 @@
  */
 #include "ukernels.h"
 
-/* gate / sum, or 0 for a branch that saw no key (its accumulator is 0). */
-static float gate_over_sum(float gate, float sum)
-{
-    return sum > 0.0f ? gate / sum : 0.0f;
-}
-
 void nsa_f32_gate_mix_ukernel__ref(size_t m, size_t dv, const float *gates,
                                    const float *cmp_acc, const float *cmp_sum,
                                    const float *slc_acc, const float *slc_sum,
@@ -19,9 +13,9 @@ void nsa_f32_gate_mix_ukernel__ref(size_t m, size_t dv, const float *gates,
                                    float *out)
 {
     for (size_t r = 0; r < m; r++) {
-        float a = gate_over_sum(gates[3 * r + 0], cmp_sum[r]);
-        float b = gate_over_sum(gates[3 * r + 1], slc_sum[r]);
-        float c = gate_over_sum(gates[3 * r + 2], swa_sum[r]);
+        float a = nsa_gate_over_sum(gates[3 * r + 0], cmp_sum[r]);
+        float b = nsa_gate_over_sum(gates[3 * r + 1], slc_sum[r]);
+        float c = nsa_gate_over_sum(gates[3 * r + 2], swa_sum[r]);
         const size_t i = r * ldacc;
         for (size_t e = 0; e < dv; e++)
             out[r * dv + e] = a * cmp_acc[i + e] + b * slc_acc[i + e] + c * swa_acc[i + e];
