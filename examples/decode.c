@@ -82,8 +82,11 @@ int main(void)
     nsa_batch batch = {.num_seqs = 1, .total_tokens = TOTAL, .cu_seqlens = cu_seqlens};
     CHECK(nsa_forward(plan, &batch, q, k, v, gates, NULL, NULL, full, NULL));
     double worst = 0.0;
-    for (int i = 0; i < HQ * D; i++)
-        worst = fmax(worst, fabs((double)out[i] - full[(size_t)(TOTAL - 1) * HQ * D + i]));
+    for (int i = 0; i < HQ * D; i++) {
+        const double error = fabs((double)out[i] - full[(size_t)(TOTAL - 1) * HQ * D + i]);
+        if (error > worst)
+            worst = error;
+    }
     printf("last step vs nsa_forward: max |difference| = %.2g\n", worst);
 
     nsa_cache_destroy(cache);
