@@ -11,28 +11,27 @@
 
 #include <immintrin.h>
 
-/* exp(x) for x <= 88, within 2 ulp; 0 below -87.33 (where expf underflows
- * to a denormal). Cephes' range reduction x = n ln2 + r, |r| <= ln2 / 2, a
- * degree-6 polynomial for e^r, and 2^n built in the exponent bits. */
+/* exp(x) for x <= 0 (softmax arguments), within 2 ulp; x below -87 gives
+ * exp(-87), a negligible 1.6e-38 where expf would underflow. Cody-Waite
+ * reduction x = n ln2 + r with |r| <= ln2 / 2, a degree-5 polynomial for
+ * e^r (coefficients fitted for minimum relative error), and 2^n built in the
+ * exponent bits (n >= -126 keeps it a normal number). Larger x gives
+ * garbage, which callers mask. */
 static inline __m256 nsa_avx2_exp_ps(__m256 x)
 {
-    const __m256 lowest = _mm256_set1_ps(-87.33654f);
-    const __m256 underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), lowest);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256 p = _mm256_set1_ps(8.290312648e-3f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.189793029e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666763623e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.999914952e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.999997072e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    const __m256 two_n = _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
-    return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, two_n));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23)));
 }
 
 static inline float nsa_avx2_hsum_ps(__m256 v)

@@ -11,26 +11,25 @@
 
 #include <immintrin.h>
 
-/* exp(x) for x <= 88, within 2 ulp; 0 below -87.33 (where expf underflows
- * to a denormal). Same method as nsa_avx2_exp_ps: x = n ln2 + r, a degree-6
- * polynomial for e^r, and 2^n applied with scalef. */
+/* exp(x) for x <= 0 (softmax arguments), within 2 ulp; x below -88 gives
+ * exp(-88), a negligible 6e-39 where expf would underflow. Cody-Waite
+ * reduction x = n ln2 + r with |r| <= ln2 / 2, a degree-5 polynomial for
+ * e^r (coefficients fitted for minimum relative error), and scalef for 2^n:
+ * 11 instructions for 16 values. Larger x gives garbage, which callers mask. */
 static inline __m512 nsa_avx512_exp_ps(__m512 x)
 {
-    const __m512 lowest = _mm512_set1_ps(-87.33654f);
-    const __mmask16 underflow = _mm512_cmp_ps_mask(x, lowest, _CMP_LT_OQ);
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), lowest);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_scalef_ps((__mmask16)~underflow, p, n);
+    __m512 p = _mm512_set1_ps(8.290312648e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.189793029e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666763623e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.999914952e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.999997072e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
 }
 
 /* A mask selecting the first n lanes, 0 <= n <= 16. */
