@@ -1,0 +1,58 @@
+#!/bin/sh
+# bench/gpu-host.sh — the runs made on the GPU test machine's host CPU (Intel
+# Emerald Rapids, 16 vCPUs, AVX-512, one NUMA node), which has none of our
+# Debian libraries: programs are built on a Debian machine, packed with
+# shared/tools/pack-for-gpu-host into PACK (with the golden cases in
+# PACK/golden), and this script runs there from the repository root:
+#
+#   PACK=gpu-pack OUT=out bench/gpu-host.sh [suite] [forward] [torch] [scaling]
+#
+# suite    the test programs once per ISA the host supports (avx512 too)
+# forward  nsa-bench kernels; nsa-bench forward at 32K and 64K, G=16, 16 threads
+# torch    PyTorch's fp32 causal SDPA at the same sizes (torch must be there)
+# scaling  NSA alone at 16K on 1, 2, 4, 8, 16 threads; G=1 and G=4 at 32K
+set -u
+PACK=${PACK:-gpu-pack}
+OUT=${OUT:-.}
+mkdir -p "$OUT"
+run() { "$PACK/run" "$@"; }
+lscpu >"$OUT/lscpu.txt" 2>&1
+
+for part in "$@"; do
+    case $part in
+    suite)
+        for isa in $(run isa-list); do
+            for t in test_api test_decode test_forward test_golden test_properties test_ukernels \
+                     decode quickstart; do
+                NSA_GOLDEN_DIR="$PACK/golden" NSA_MAX_ISA=$isa run "$t" >"$OUT/suite-$isa-$t.log" 2>&1
+                echo "suite: NSA_MAX_ISA=$isa $t rc=$?"
+            done
+        done
+        ;;
+    forward)
+        run nsa-bench kernels --json >"$OUT/kernels.jsonl" 2>"$OUT/kernels.txt"
+        cat "$OUT/kernels.txt"
+        for n in 32768 65536; do
+            run nsa-bench forward --seqlen $n --threads 16 --repeats 2 --json \
+                >"$OUT/forward-$n.jsonl" 2>"$OUT/forward-$n.txt"
+            cat "$OUT/forward-$n.txt"
+        done
+        ;;
+    torch)
+        python3 bench/torch_sdpa.py --threads 16 --seqlen 32768 65536 --repeats 2 \
+            >"$OUT/torch.jsonl" 2>&1
+        cat "$OUT/torch.jsonl"
+        ;;
+    scaling)
+        for t in 1 2 4 8 16; do
+            run nsa-bench forward --seqlen 16384 --threads $t --repeats 2 --no-dense --no-blas \
+                --no-dnnl --json >>"$OUT/scaling.jsonl" 2>>"$OUT/scaling.txt"
+        done
+        for kv in 16 4; do
+            run nsa-bench forward --seqlen 32768 --kv-heads $kv --threads 16 --repeats 2 \
+                --no-dense --no-blas --no-dnnl --json >>"$OUT/groups.jsonl" 2>>"$OUT/groups.txt"
+        done
+        cat "$OUT/scaling.jsonl" "$OUT/groups.jsonl"
+        ;;
+    esac
+done
