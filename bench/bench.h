@@ -3,8 +3,9 @@
  * bench.h — what the files of nsa-bench share: the options, the inputs of
  * one size, the results of one size, and the small services (clock, repeat
  * timing, bound worker threads, per-ISA loops) the modes are built from.
- * nsa-bench has two modes: `forward` (NSA against dense attention from the
- * library, OpenBLAS and oneDNN, next to the machine's measured limits) and
+ * nsa-bench has three modes: `forward` (NSA against dense attention from
+ * the library, OpenBLAS and oneDNN, next to the machine's measured limits),
+ * `backward` (the NSA backward against the library's dense backward) and
  * `kernels` (each kernel of the registry against the reference kernel).
  */
 #ifndef NSA_BENCH_H
@@ -27,7 +28,7 @@ typedef enum bench_blas_mode {
 } bench_blas_mode;
 
 typedef struct bench_options {
-    const char *mode; /* "forward" or "kernels" */
+    const char *mode; /* "forward", "backward" or "kernels" */
     int64_t seqlen;
     int32_t q_heads, kv_heads, dim_qk, dim_v;
     int32_t threads; /* 0 = one per core (the library's default) */
@@ -122,6 +123,11 @@ typedef struct bench_machine {
 
 /* The model, cores and caches (hwloc) and which ISAs the host runs. */
 void bench_machine_describe(bench_machine *m);
+
+/* bench_machine_describe, then (unless --no-machine) the FMA peak of every
+ * ISA the host runs and the read bandwidth on `threads` threads, saying so
+ * on a terminal: what every mode measures before its first size. */
+void bench_measure_machine(const bench_options *opt, int threads, bench_machine *machine);
 
 /* FMA peak in GFLOP/s of one ISA's register-resident loop on `threads`
  * threads (best of `repeats` runs of ~0.2 s); 0 if the host lacks it. */
@@ -266,6 +272,7 @@ int bench_plot_sweep(const bench_run_info *info, const bench_result *results, in
 /* ------------------------------------------------------------------------ */
 
 int bench_forward_mode(const bench_options *opt);
+int bench_backward_mode(const bench_options *opt);
 int bench_kernels_mode(const bench_options *opt);
 
 #endif /* NSA_BENCH_H */

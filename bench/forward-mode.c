@@ -200,25 +200,25 @@ static int run_size(run_ctx *r, int64_t seqlen, bench_result *res)
     return 0;
 }
 
-static void measure_machine(const run_ctx *r, bench_machine *machine)
+void bench_measure_machine(const bench_options *opt, int threads, bench_machine *machine)
 {
     bench_machine_describe(machine);
-    machine->peak_threads = r->threads;
-    if (r->opt->no_machine)
+    machine->peak_threads = threads;
+    if (opt->no_machine)
         return;
     if (isatty(STDERR_FILENO))
         fprintf(stderr, "nsa-bench: measuring the FMA peak and the read bandwidth...\n");
     for (int isa = NSA_ISA_REF; isa <= NSA_ISA_NEON; isa++)
         if (machine->isa_supported[isa])
-            machine->peak_gflops[isa] = bench_fma_peak((nsa_isa)isa, r->threads, 3);
-    uint64_t bytes = (uint64_t)r->opt->bw_mib << 20;
+            machine->peak_gflops[isa] = bench_fma_peak((nsa_isa)isa, threads, 3);
+    uint64_t bytes = (uint64_t)opt->bw_mib << 20;
     if (bytes == 0) {
         const uint64_t mib = (uint64_t)1 << 20;
         bytes = 4 * machine->l3 * (uint64_t)(machine->l3_count > 0 ? machine->l3_count : 1);
         bytes = bytes < 256 * mib ? 256 * mib : bytes > 2048 * mib ? 2048 * mib : bytes;
     }
     machine->bandwidth_bytes = bytes;
-    machine->bandwidth_gbs = bench_read_bandwidth(bytes, r->threads, 3);
+    machine->bandwidth_gbs = bench_read_bandwidth(bytes, threads, 3);
 }
 
 int bench_forward_mode(const bench_options *opt)
@@ -246,7 +246,7 @@ int bench_forward_mode(const bench_options *opt)
     r.isa = nsa_context_isa(r.ctx);
 
     bench_machine machine;
-    measure_machine(&r, &machine);
+    bench_measure_machine(opt, r.threads, &machine);
     const bench_run_info info = {.opt = opt, .cfg = &cfg, .threads = r.threads, .isa = r.isa,
                                  .plan = nsa_plan_describe(r.plan), .machine = &machine,
                                  .peak_gflops = machine.peak_gflops[r.isa]};

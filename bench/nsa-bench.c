@@ -11,6 +11,7 @@
  *                     [--sweep-max N] [--plot FILE] [--no-blas] [--no-dnnl]
  *                     [--no-dense] [--no-machine] [--blas-mode M]
  *                     [--blas-tile Q] [--bw-mib MIB] [--seed S]
+ *   nsa-bench backward [the forward's options]
  *   nsa-bench kernels [--isa X] [--repeats R] [--json]
  */
 #include <stdio.h>
@@ -23,6 +24,7 @@ static void usage(FILE *to)
 {
     fprintf(to,
             "usage: nsa-bench forward [options]   NSA forward vs dense attention baselines\n"
+            "       nsa-bench backward [options]  NSA backward vs the dense backward\n"
             "       nsa-bench kernels [options]   each registry kernel vs the reference\n"
             "\n"
             "problem (paper defaults l=32 d=16 l'=64 n=16 w=512, mean compression, causal):\n"
@@ -46,6 +48,7 @@ static void usage(FILE *to)
             "  --blas-mode M       auto | openblas (OpenBLAS threads) | tiles (pthreads) (auto)\n"
             "  --blas-tile Q       queries per dense-baseline tile (256; smaller when long)\n"
             "  --bw-mib MIB        bandwidth buffer (default 4 x L3, 256..2048 MiB)\n"
+            "backward mode: the forward's options; no OpenBLAS or oneDNN baseline, no plot\n"
             "kernels mode: one thread; takes --isa, --repeats, --median, --json, --seed\n");
 }
 
@@ -93,8 +96,10 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
         return 1;
     }
     opt->mode = argv[1];
-    if (strcmp(opt->mode, "forward") != 0 && strcmp(opt->mode, "kernels") != 0) {
-        fprintf(stderr, "nsa-bench: unknown mode '%s' (forward or kernels)\n", opt->mode);
+    if (strcmp(opt->mode, "forward") != 0 && strcmp(opt->mode, "backward") != 0 &&
+        strcmp(opt->mode, "kernels") != 0) {
+        fprintf(stderr, "nsa-bench: unknown mode '%s' (forward, backward or kernels)\n",
+                opt->mode);
         return -1;
     }
     const int64_t big = (int64_t)1 << 40;
@@ -212,6 +217,8 @@ int main(int argc, char **argv)
     int rc = bench_parse_options(argc, argv, &opt);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
-    return strcmp(opt.mode, "kernels") == 0 ? bench_kernels_mode(&opt)
-                                             : bench_forward_mode(&opt);
+    if (strcmp(opt.mode, "kernels") == 0)
+        return bench_kernels_mode(&opt);
+    return strcmp(opt.mode, "backward") == 0 ? bench_backward_mode(&opt)
+                                              : bench_forward_mode(&opt);
 }

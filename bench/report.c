@@ -41,7 +41,7 @@ void bench_report_header(const bench_run_info *info)
     FILE *f = human(info);
     const bench_machine *m = info->machine;
     const nsa_config *c = info->cfg;
-    fprintf(f, "nsa-bench forward, libnsa %s\n", nsa_version());
+    fprintf(f, "nsa-bench %s, libnsa %s\n", info->opt->mode, nsa_version());
     fprintf(f, "machine: %s, %d cores / %d hardware threads, ", m->cpu, m->cores, m->pus);
     print_size(f, "L1d", m->l1d);
     print_size(f, ", L2", m->l2);

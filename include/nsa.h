@@ -356,7 +356,9 @@ NSA_API nsa_status nsa_forward_train(const nsa_plan *plan, const nsa_batch *batc
 
 /* Gradients of phi's parameters, shaped as nsa_compress_params: each
  * pointer the kind uses receives the gradient of that parameter (pe only
- * where the forward had one); NULL skips a gradient nobody wants. */
+ * where the forward had one); NULL skips a gradient nobody wants. Pointers
+ * the kind does not use, and pe when the forward had none, are ignored:
+ * nothing is written there. */
 typedef struct nsa_compress_grads {
     float *pe;
     float *a;
@@ -381,9 +383,12 @@ typedef struct nsa_compress_grads {
  * dK and dV sum the contributions of every query that attended to a key;
  * the sums are taken in a fixed order with no atomics, so the gradients
  * are bitwise the same on every run and for every thread count.
- * Memory: O(T). Errors: as nsa_forward, plus NSA_ERROR_CAPACITY when saved
- * holds fewer tokens than the batch and NSA_ERROR_MISMATCH when it was made
- * for another plan's shapes. Outputs are written only on NSA_SUCCESS. */
+ * Memory: O(T). Errors: as nsa_forward (dout, dq, dk, dv and dgates are
+ * required when T > 0), plus NSA_ERROR_CAPACITY when saved holds fewer
+ * tokens than the batch and NSA_ERROR_MISMATCH when it was made for another
+ * plan's shapes or its last nsa_forward_train had another number of
+ * tokens. Outputs are written only on NSA_SUCCESS (with T = 0 that is the
+ * parameter gradients alone: zero). */
 NSA_API nsa_status nsa_backward(const nsa_plan *plan, const nsa_batch *batch, const float *q,
                                 const float *k, const float *v, const float *gates,
                                 const nsa_compress_params *cmp_k,
@@ -408,6 +413,24 @@ NSA_API nsa_status nsa_backward(const nsa_plan *plan, const nsa_batch *batch, co
 NSA_API nsa_status nsa_dense_forward(const nsa_plan *plan, const nsa_batch *batch,
                                      const float *q, const float *k, const float *v,
                                      float *out);
+
+/* nsa_dense_backward: the gradients of a loss through nsa_dense_forward,
+ * given dout = dLoss/dout [T][Hq][Dv]: FlashAttention-2's backward on the
+ * same layout, kernels and threads, causal or not per the plan. Nothing is
+ * kept from the forward: each row's log-sum-exp and <dO, O> are recomputed
+ * here (one forward's worth of work). It is the baseline nsa_backward is
+ * measured against.
+ *
+ *   q, k, v                                    nsa_dense_forward's inputs
+ *   dq [T][Hq][Dk], dk [T][Hkv][Dk], dv [T][Hkv][Dv]   overwritten
+ *
+ * dK and dV sum over the queries in a fixed order with no atomics: the
+ * gradients are bitwise the same on every run and for every thread count.
+ * Memory: O(T). Errors: as nsa_dense_forward. Outputs are written only on
+ * NSA_SUCCESS. */
+NSA_API nsa_status nsa_dense_backward(const nsa_plan *plan, const nsa_batch *batch,
+                                      const float *q, const float *k, const float *v,
+                                      const float *dout, float *dq, float *dk, float *dv);
 
 /* ------------------------------------------------------------------------ */
 /* Decode with a KV cache (spec section 8)                                   */

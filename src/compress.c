@@ -59,11 +59,9 @@ static void compress_pooled(const nsa_plan *plan, const nsa_compress_params *par
     }
 }
 
-/* out[rows][cols] = bias(pe) + sum_j X_j . W_j, where X_j are the rows
- * {i*d + j} of x and W_j the j-th [dim][cols] slice of w. */
-static void windows_times_matrix(const nsa_config *cfg, const float *x, size_t ldx,
-                                 int64_t rows, int32_t dim, const float *pe, const float *w,
-                                 size_t cols, float *out)
+void nsa_windows_times_matrix(const nsa_config *cfg, const float *x, size_t ldx,
+                              int64_t rows, int32_t dim, const float *pe, const float *w,
+                              size_t cols, float *out)
 {
     const size_t l = (size_t)cfg->cmp_block, slice = (size_t)dim * cols;
     if (pe != NULL) {
@@ -91,13 +89,14 @@ static void compress_matrix(const nsa_plan *plan, const nsa_compress_params *par
         const float *xc = x + (size_t)(i0 / COMPRESS_CHUNK) * ldchunk;
         float *yc = y + (size_t)i0 * (size_t)dim;
         if (cfg->compress == NSA_COMPRESS_LINEAR) {
-            windows_times_matrix(cfg, xc, ldx, rows, dim, pe, params->w + (size_t)head * window * (size_t)dim,
-                                 (size_t)dim, yc);
+            nsa_windows_times_matrix(cfg, xc, ldx, rows, dim, pe,
+                                     params->w + (size_t)head * window * (size_t)dim,
+                                     (size_t)dim, yc);
         } else {
             const size_t hidden = (size_t)cfg->cmp_mlp_hidden;
             float *h = workspace;
-            windows_times_matrix(cfg, xc, ldx, rows, dim, pe, params->w1 + (size_t)head * window * hidden,
-                                 hidden, h);
+            nsa_windows_times_matrix(cfg, xc, ldx, rows, dim, pe,
+                                     params->w1 + (size_t)head * window * hidden, hidden, h);
             for (size_t e = 0; e < (size_t)rows * hidden; e++)
                 h[e] = h[e] > 0.0f ? h[e] : 0.0f;
             nsa_sgemm((size_t)rows, (size_t)dim, hidden, h, hidden,

@@ -24,4 +24,12 @@ void nsa_compress(const nsa_plan *plan, const nsa_compress_params *params, int32
                   int32_t head, const float *x, size_t ldx, int64_t first, int64_t count,
                   float *y, float *workspace);
 
+/* out[rows][cols] = bias(pe) + sum_j X_j . W_j, where X_j are the rows
+ * {i*d + j} of x (stride ldx) and W_j the j-th [dim][cols] slice of w: the
+ * linear map of `rows` consecutive windows, read in place. pe ([l][dim]) may
+ * be NULL. The backward of the mlp kind recomputes its hidden layer with it. */
+void nsa_windows_times_matrix(const nsa_config *cfg, const float *x, size_t ldx, int64_t rows,
+                              int32_t dim, const float *pe, const float *w, size_t cols,
+                              float *out);
+
 #endif /* NSA_COMPRESS_H */

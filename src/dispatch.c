@@ -20,6 +20,9 @@ void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *
         .gate_mix = nsa_f32_gate_mix_ukernel__ref,
         .pool = nsa_f32_pool_ukernel__ref,
         .cvt_bf16 = nsa_bf16_cvt_ukernel__ref,
+        .grad_prob = nsa_f32_grad_prob_ukernel__ref,
+        .grad_score = nsa_f32_grad_score_ukernel__ref,
+        .grad_score_t = nsa_f32_grad_score_t_ukernel__ref,
     };
 #define NSA_UKERNEL(kernel_isa, slot, fn)                                            \
     if ((kernel_isa) <= ctx->isa) {                                                  \

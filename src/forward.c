@@ -26,6 +26,7 @@
 #include "geometry.h"
 #include "memory.h"
 #include "saved.h"
+#include "selected.h"
 #include "tile.h"
 
 /* A unit of work: phase 1 packs and compresses panels [first, first+count)
@@ -50,6 +51,8 @@ typedef struct forward_run {
     float *kp;      /* key panels [Hkv][total panels][Dk][NSA_PANEL] */
     float *vp;      /* values per head [Hkv][T][Dv] */
     float *kcp;     /* compressed key panels, same layout */
+    int32_t *blocks;  /* [T][Hkv][n]: the selections, for phase 3 */
+    int32_t *own_blocks; /* the same, when the caller did not ask for them */
     work_item *items;
     nsa_work_queue queue;
     float **scratch; /* per worker */
@@ -192,10 +195,9 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
         .given = call->given_indices != NULL
                      ? call->given_indices + (size_t)((token * hkv + h) * n)
                      : NULL,
-        .indices_out = call->indices_out != NULL
-                           ? call->indices_out + (size_t)((token * hkv + h) * n)
-                           : NULL,
+        .indices_out = run->blocks != NULL ? run->blocks + (size_t)((token * hkv + h) * n) : NULL,
         .index_stride = (size_t)(hkv * n),
+        .defer_selected = !call->dense,
         .lse = call->saved != NULL ? call->saved->lse + (size_t)(token * hq + h * g) : NULL,
         .lse_stride = (size_t)hq,
         .lse_branch_stride = (size_t)(call->batch->total_tokens * hq),
@@ -216,6 +218,51 @@ static void attend_worker(void *arg, int32_t worker, int32_t num_workers)
             nsa_tile_attend(plan, &tile, run->tile_queries, run->call.max_len,
                             run->scratch[worker]);
     }
+}
+
+/* ------------------------------------------------------------- phase 3 -- */
+
+static void selected_worker(void *arg, int32_t worker, int32_t num_workers)
+{
+    forward_run *run = arg;
+    const forward_call *call = &run->call;
+    const nsa_config *cfg = &call->plan->cfg;
+    const int64_t g = call->plan->group_size, hq = cfg->num_q_heads, hkv = cfg->num_kv_heads;
+    const int64_t n = cfg->sel_count, T = call->batch->total_tokens;
+    (void)num_workers;
+    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
+        const work_item *it = &run->items[i];
+        const nsa_tile tile = make_tile(run, it); /* for its keys and strides */
+        const int64_t token = call->batch->cu_seqlens[it->seq] + it->first;
+        const nsa_selected_job job = {
+            .raw = tile.raw, .len = tile.len, .first = it->first, .count = it->count,
+            .q = tile.q, .gates = tile.gates, .out = tile.out, .q_stride = tile.q_stride,
+            .gates_stride = tile.gates_stride, .out_stride = tile.out_stride,
+            .blocks = run->blocks + (size_t)((token * hkv + it->head) * n),
+            .index_stride = (size_t)(hkv * n),
+            .lse = call->saved != NULL
+                       ? call->saved->lse + (size_t)(T * hq + token * hq + it->head * g)
+                       : NULL,
+            .lse_stride = (size_t)hq};
+        nsa_selected_attend(call->plan, &job, run->scratch[worker]);
+    }
+}
+
+/* Items of phase 3: chunks of nsa_selected_chunk_queries queries. */
+static int64_t selected_items(const forward_run *run, work_item *items)
+{
+    const int64_t *cu = run->call.batch->cu_seqlens;
+    const int64_t step = nsa_selected_chunk_queries(run->call.plan);
+    int64_t n = 0;
+    for (int64_t b = 0; b < run->call.batch->num_seqs; b++) {
+        const int64_t len = cu[b + 1] - cu[b];
+        for (int64_t first = 0; first < len; first += step)
+            for (int32_t h = 0; h < run->call.plan->cfg.num_kv_heads; h++, n++)
+                if (items != NULL)
+                    items[n] = (work_item){.seq = (int32_t)b, .head = h, .first = first,
+                                           .count = len - first < step ? len - first : step};
+    }
+    return n;
 }
 
 /* Keys a query at position t attends to, roughly: the cost of its work. */
@@ -272,6 +319,7 @@ static void run_free(forward_run *run, int32_t workers)
             free(run->scratch[w]);
     free(run->scratch);
     free(run->items);
+    free(run->own_blocks);
     free(run->kc);
     free(run->vc);
     nsa_free_large(run->kp);
@@ -317,7 +365,13 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     run->kcp = nsa_alloc_large((size_t)(hkv * run->cp_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
 
     int64_t n1 = prepare_items(run, NULL), n2 = attend_items(run, NULL);
-    run->items = malloc((size_t)(n1 > n2 ? n1 : n2) * sizeof *run->items + 1);
+    int64_t n3 = call->dense ? 0 : selected_items(run, NULL);
+    n1 = n1 > n2 ? n1 : n2;
+    run->items = malloc((size_t)(n1 > n3 ? n1 : n3) * sizeof *run->items + 1);
+    run->blocks = call->indices_out;
+    if (!call->dense && run->blocks == NULL) /* T * Hkv * n ints: the checks proved it fits */
+        run->blocks = run->own_blocks = malloc(
+            (size_t)(call->batch->total_tokens * hkv * cfg->sel_count) * sizeof(int32_t) + 1);
 
     size_t work_k = nsa_compress_workspace(cfg, cfg->head_dim_qk);
     size_t work_v = nsa_compress_workspace(cfg, cfg->head_dim_v);
@@ -326,9 +380,14 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
         run->scratch_floats = work_k;
     if (work_v > run->scratch_floats)
         run->scratch_floats = work_v;
+    if (!call->dense) {
+        const size_t selected = nsa_selected_scratch_floats(call->plan, call->max_len);
+        if (selected > run->scratch_floats)
+            run->scratch_floats = selected;
+    }
     run->scratch = calloc((size_t)workers, sizeof *run->scratch);
     if (run->kc == NULL || run->vc == NULL || run->kp == NULL || run->vp == NULL ||
-        run->kcp == NULL ||
+        run->kcp == NULL || (!call->dense && run->blocks == NULL) ||
         run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
     for (int32_t w = 0; w < workers; w++)
@@ -362,6 +421,10 @@ static nsa_status run_forward(const forward_call *call)
     nsa_work_queue_init(&run.queue, n);
     nsa_pool_run(ctx->pool, attend_worker, &run);
 
+    if (!call->dense) {
+        nsa_work_queue_init(&run.queue, selected_items(&run, run.items));
+        nsa_pool_run(ctx->pool, selected_worker, &run);
+    }
     run_free(&run, workers);
     return NSA_SUCCESS;
 }
@@ -420,4 +483,10 @@ nsa_status nsa_forward_with_indices(const nsa_plan *plan, const nsa_batch *batch
                          .cmp_k = cmp_k, .cmp_v = cmp_v, .given_indices = block_indices,
                          .out = out};
     return run_forward(&call);
+}
+
+void nsa_pack_panels(const float *x, size_t ldx, int64_t len, int64_t dim, int64_t first,
+                     int64_t count, float *dst)
+{
+    pack_panels(x, ldx, len, dim, first, count, dst);
 }

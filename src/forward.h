@@ -31,4 +31,10 @@ nsa_status nsa_forward_check(forward_call *call);
 nsa_status nsa_check_compress_params(const nsa_plan *plan, const nsa_compress_params *params,
                                      const char *name);
 
+/* Panels [first, first + count) of x's rows (row i at x + i * ldx, rows
+ * past len are zero) into dst, panel-major [count][dim][NSA_PANEL]: the
+ * layout qk reads. The backward packs values this way too. */
+void nsa_pack_panels(const float *x, size_t ldx, int64_t len, int64_t dim, int64_t first,
+                     int64_t count, float *dst);
+
 #endif /* NSA_FORWARD_H */

@@ -11,19 +11,25 @@
 void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, float *score,
                       int64_t num_blocks)
 {
-    const int64_t l = cfg->cmp_block, d = cfg->cmp_stride, lsel = cfg->sel_block;
-    memset(score, 0, (size_t)num_blocks * sizeof *score);
-    for (int64_t i = 0; i < nc; i++) {
-        int64_t first = i * d, last = first + l - 1;
-        int64_t j0 = first / lsel, j1 = last / lsel; /* j1 <= j0 + 1 since l <= l' */
-        if (j0 == j1) {
-            score[j0] += p_sum[i] * (float)(l / d);
-        } else {
-            int64_t split = j1 * lsel;
-            score[j0] += p_sum[i] * (float)((split - first) / d);
-            if (j1 < num_blocks)
-                score[j1] += p_sum[i] * (float)((last + 1 - split) / d);
+    /* omega(i, J) depends only on i's place in block J's span: with
+     * stride = l'/d and lead = l/d - 1 (tokens reaching in from the block
+     * before), block J takes tokens i = J * stride - lead + k,
+     * k = 0 .. stride + lead - 1, with the same weights for every J. */
+    /* In units of d: a window is `width` long, a block `stride`. */
+    const int64_t width = cfg->cmp_block / cfg->cmp_stride;
+    const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = width - 1;
+    const int64_t taps = stride + lead;
+    for (int64_t j = 0; j < num_blocks; j++) {
+        const int64_t base = j * stride - lead;
+        const int64_t k0 = base < 0 ? -base : 0;
+        const int64_t k1 = nc - base < taps ? nc - base : taps; /* one past */
+        float total = 0.0f;
+        for (int64_t k = k0; k < k1; k++) {
+            const int64_t start = k - lead; /* the window's start, relative to the block */
+            const int64_t end = start + width < stride ? start + width : stride;
+            total += p_sum[base + k] * (float)(end - (start > 0 ? start : 0));
         }
+        score[j] = total;
     }
 }
 

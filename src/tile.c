@@ -133,10 +133,11 @@ static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_s
             memcpy(blocks, tile->given + (size_t)tq * tile->index_stride,
                    (size_t)n * sizeof *blocks);
             nsa_normalize_blocks(blocks, (int32_t)n);
-            continue;
+        } else {
+            nsa_choose_blocks(plan, tile->first + tq, tile->len,
+                              t->s_cmp + (size_t)(tq * g) * t->lds_cmp, t->lds_cmp,
+                              t->branch[0].sum + tq * g, t->p_sum, t->score, blocks);
         }
-        nsa_choose_blocks(plan, tile->first + tq, tile->len, t->s_cmp + (size_t)(tq * g) * t->lds_cmp,
-                          t->lds_cmp, t->branch[0].sum + tq * g, t->p_sum, t->score, blocks);
         if (tile->indices_out != NULL)
             memcpy(tile->indices_out + (size_t)tq * tile->index_stride, blocks,
                    (size_t)n * sizeof *blocks);
@@ -276,7 +277,7 @@ static void record_lse(const nsa_plan *plan, const nsa_tile *tile, const nsa_til
 {
     const int64_t g = plan->group_size;
     for (int b = 0; b < 3; b++)
-        for (int64_t tq = 0; tq < tile->count; tq++) {
+        for (int64_t tq = 0; tq < tile->count && !(b == 1 && tile->defer_selected); tq++) {
             float *lse = tile->lse + (size_t)b * tile->lse_branch_stride + (size_t)tq * tile->lse_stride;
             for (int64_t i = 0; i < g; i++) {
                 const int64_t r = tq * g + i;
@@ -331,7 +332,7 @@ void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_que
      * shares one pass unless that would mask off more than a sixteenth of
      * the keys, as with many queries per tile (small G). */
     const int64_t window_queries = count <= cfg->window / 16 + 1 ? count : sub_queries;
-    for (int64_t sub = 0; sub < count; sub += sub_queries)
+    for (int64_t sub = 0; sub < count && !tile->defer_selected; sub += sub_queries)
         attend_rows(plan, tile, t, SLC, sub, count - sub < sub_queries ? count - sub : sub_queries);
     for (int64_t sub = 0; sub < count; sub += window_queries)
         attend_rows(plan, tile, t, SWA, sub,

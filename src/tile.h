@@ -39,6 +39,10 @@ typedef struct nsa_tile {
      * lse + branch * lse_branch_stride + i * lse_stride. */
     float *lse;
     size_t lse_stride, lse_branch_stride;
+    /* 1: leave the selected branch to nsa_selected_attend (selected.h):
+     * write only g_cmp o_cmp + g_swa o_swa, and the blocks (normalised,
+     * the caller's too) to indices_out, which must then be set. */
+    int defer_selected;
 } nsa_tile;
 
 /* Queries per tile and per sub-tile for a plan. */

@@ -72,6 +72,36 @@ typedef void nsa_pool_ukernel(size_t l, size_t dim, const float *weight, const f
 /* dst[i] = src[i] for n bf16 values (the upper half of an fp32): exact. */
 typedef void nsa_cvt_bf16_ukernel(size_t n, const uint16_t *src, float *dst);
 
+/* The backward pass (spec section 7) recomputes each branch's probabilities
+ * P = exp(scale q.k - lse) from the forward's log-sum-exp, with dp = dO V^T
+ * from qk (values packed in panels like keys). Three elementwise steps sit
+ * between the products: */
+
+/* Query side, step 1: probabilities. Row r uses columns lo[r] .. hi[r]
+ * (none when lo[r] > hi[r]): s[r][j] becomes exp(s[r][j] - lse[r]) there and
+ * 0 elsewhere in [0, nk). When dp is not NULL, dot[r] += sum_j s[r][j]
+ * dp[r][j] over the new s (dp has stride lddp and is read on the row's
+ * columns only); summed over all of a row's keys that is <dO, O>. */
+typedef void nsa_grad_prob_ukernel(size_t m, size_t nk, const int32_t *lo, const int32_t *hi,
+                                   const float *lse, float *s, size_t lds, const float *dp,
+                                   size_t lddp, float *dot);
+
+/* Query side, step 2: score gradients from probabilities, in place over dp:
+ * dp[r][j] = coef[r] * p[r][j] * (dp[r][j] - dot[r]) for j < nk. */
+typedef void nsa_grad_score_ukernel(size_t m, size_t nk, const float *coef, const float *dot,
+                                    const float *p, size_t ldp, float *dp, size_t lddp);
+
+/* Key side: both steps at once, written transposed (keys become rows) so
+ * that pv can sum them over the query rows into dV and dK. With P =
+ * exp(s[r][j] - lse[r]) on row r's columns lo[r] .. hi[r] and P = 0 elsewhere,
+ * for r < m and j < nk: pt[j][r] = gain[r] P and dst[j][r] = scale gain[r] P
+ * (dp[r][j] - dot[r]); pt and dst have row stride ldt. dp is read on the
+ * row's columns only. */
+typedef void nsa_grad_score_t_ukernel(size_t m, size_t nk, const int32_t *lo, const int32_t *hi,
+                                      const float *lse, const float *dot, const float *gain,
+                                      float scale, const float *s, size_t lds, const float *dp,
+                                      size_t lddp, float *pt, float *dst, size_t ldt);
+
 /* The table a plan calls: one pointer per kernel kind (slot). */
 typedef struct nsa_ukernels {
     nsa_qk_ukernel *qk;
@@ -80,6 +110,9 @@ typedef struct nsa_ukernels {
     nsa_gate_mix_ukernel *gate_mix;
     nsa_pool_ukernel *pool;
     nsa_cvt_bf16_ukernel *cvt_bf16;
+    nsa_grad_prob_ukernel *grad_prob;
+    nsa_grad_score_ukernel *grad_score;
+    nsa_grad_score_t_ukernel *grad_score_t;
 } nsa_ukernels;
 
 /* The portable scalar kernels (src/ref/): the executable specification every
@@ -90,6 +123,9 @@ nsa_softmax_ukernel nsa_f32_softmax_ukernel__ref;
 nsa_gate_mix_ukernel nsa_f32_gate_mix_ukernel__ref;
 nsa_pool_ukernel nsa_f32_pool_ukernel__ref;
 nsa_cvt_bf16_ukernel nsa_bf16_cvt_ukernel__ref;
+nsa_grad_prob_ukernel nsa_f32_grad_prob_ukernel__ref;
+nsa_grad_score_ukernel nsa_f32_grad_score_ukernel__ref;
+nsa_grad_score_t_ukernel nsa_f32_grad_score_t_ukernel__ref;
 
 /* The optimised kernels, one declaration per line of the registry. */
 #define NSA_UKERNEL(isa, slot, fn) nsa_##slot##_ukernel fn;

@@ -605,3 +605,117 @@ void oracle_forward(const oracle_state *s, const int32_t *given_indices, double 
                      margin ? margin + tok * cfg->num_kv_heads : NULL);
     }
 }
+
+/* ------------------------------------------------------------------------ */
+/* Helpers for gradient checks                                               */
+/* ------------------------------------------------------------------------ */
+
+double oracle_loss(const oracle_state *s, const int32_t *given_indices, const float *dout,
+                   int64_t first_token, int64_t end_token)
+{
+    const nsa_config *cfg = &s->p.cfg;
+    const int64_t row = (int64_t)cfg->num_q_heads * cfg->head_dim_v;
+    const int64_t nrow = (int64_t)cfg->num_kv_heads * cfg->sel_count;
+    double *o = malloc((size_t)row * sizeof(double));
+    if (!o)
+        return NAN;
+    double loss = 0.0;
+    for (int64_t tok = first_token; tok < end_token; tok++) {
+        oracle_token(s, tok, given_indices ? given_indices + tok * nrow : NULL, o, NULL, NULL,
+                     NULL, NULL, NULL);
+        for (int64_t x = 0; x < row; x++)
+            loss += (double)dout[tok * row + x] * o[x];
+    }
+    free(o);
+    return loss;
+}
+
+double oracle_compressed_loss(const oracle_state *s, const float *dout, int64_t first_token,
+                              int64_t end_token)
+{
+    const oracle_problem *p = &s->p;
+    const nsa_config *cfg = &p->cfg;
+    const int64_t hq_n = cfg->num_q_heads, dv = cfg->head_dim_v;
+    double loss = 0.0;
+    for (int64_t tok = first_token; tok < end_token; tok++) {
+        const token_place tp = locate_token(p, tok);
+        token_scratch sc;
+        if (!scratch_alloc(&sc, cfg, tp.len)) {
+            scratch_free(&sc);
+            return NAN;
+        }
+        for (int64_t h = 0; h < cfg->num_kv_heads; h++)
+            compressed_branch_and_scores(s, &tp, tok, h, &sc, sc.branch);
+        for (int64_t hq = 0; hq < hq_n; hq++) {
+            double dot = 0.0;
+            for (int64_t e = 0; e < dv; e++)
+                dot += (double)dout[(tok * hq_n + hq) * dv + e] * sc.branch[hq * dv + e];
+            loss += (double)p->gates[(tok * hq_n + hq) * 3] * dot;
+        }
+        scratch_free(&sc);
+    }
+    return loss;
+}
+
+/* oracle_relu_kink_distance for one tensor (K or V) of one sequence: lowers
+ * *min_pre to the smallest |pre-activation| and raises *max_sensitivity to
+ * the largest |W1| and |x + pe| its windows use. */
+static void relu_margins_of_sequence(const nsa_config *cfg, const nsa_compress_params *prm,
+                                     const float *x_seq, int64_t dim, int64_t len, double *u,
+                                     double *min_pre, double *max_sensitivity)
+{
+    const int64_t hkv = cfg->num_kv_heads, l = cfg->cmp_block, m = cfg->cmp_mlp_hidden;
+    const int64_t ld = l * dim;
+    const int64_t count = oracle_num_compressed(cfg, len);
+    for (int64_t h = 0; h < hkv && count > 0; h++) {
+        const float *w1 = prm->w1 + h * ld * m;
+        for (int64_t r = 0; r < ld * m; r++)
+            *max_sensitivity = fmax(*max_sensitivity, fabs((double)w1[r]));
+    }
+    for (int64_t i = 0; i < count; i++) {
+        for (int64_t h = 0; h < hkv; h++) {
+            const float *x = x_seq + (i * cfg->cmp_stride * hkv + h) * dim;
+            const float *w1 = prm->w1 + h * ld * m;
+            for (int64_t j = 0; j < l; j++) {
+                for (int64_t e = 0; e < dim; e++) {
+                    double pe = prm->pe ? (double)prm->pe[(h * l + j) * dim + e] : 0.0;
+                    u[j * dim + e] = (double)x[j * hkv * dim + e] + pe;
+                    *max_sensitivity = fmax(*max_sensitivity, fabs(u[j * dim + e]));
+                }
+            }
+            for (int64_t k = 0; k < m; k++) {
+                double sum = 0.0;
+                for (int64_t r = 0; r < ld; r++)
+                    sum += (double)w1[r * m + k] * u[r];
+                *min_pre = fmin(*min_pre, fabs(sum));
+            }
+        }
+    }
+}
+
+double oracle_relu_kink_distance(const oracle_state *s)
+{
+    const oracle_problem *p = &s->p;
+    const nsa_config *cfg = &p->cfg;
+    if (cfg->compress != NSA_COMPRESS_MLP)
+        return INFINITY;
+    const int64_t hkv = cfg->num_kv_heads;
+    const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t dmax = dk > dv ? dk : dv;
+    double *u = malloc((size_t)(cfg->cmp_block * dmax) * sizeof(double));
+    if (!u)
+        return 0.0; /* no safe step known: the caller's check will fail */
+    double min_pre = INFINITY, max_sensitivity = 0.0;
+    for (int64_t b = 0; b < p->num_seqs; b++) {
+        int64_t start = p->cu_seqlens[b];
+        int64_t len = p->cu_seqlens[b + 1] - start;
+        relu_margins_of_sequence(cfg, &p->cmp_k, p->k + start * hkv * dk, dk, len, u, &min_pre,
+                                 &max_sensitivity);
+        relu_margins_of_sequence(cfg, &p->cmp_v, p->v + start * hkv * dv, dv, len, u, &min_pre,
+                                 &max_sensitivity);
+    }
+    free(u);
+    if (!(max_sensitivity > 0.0))
+        return INFINITY;
+    return min_pre / max_sensitivity;
+}

@@ -83,4 +83,35 @@ int oracle_block_is_forced(const nsa_config *cfg, int64_t t, int64_t block);
 /* How many blocks the spec selects for query t: min(n, candidates). */
 int64_t oracle_num_selected(const nsa_config *cfg, int64_t len, int64_t t);
 
+/* ------------------------------------------------------------------------ */
+/* Helpers for gradient checks (test_backward)                               */
+/* ------------------------------------------------------------------------ */
+
+/* The scalar loss sum over tokens [first_token, end_token) of <dout, o>, o
+ * being oracle_token's gated output with the given blocks. given_indices
+ * ([T][Hkv][n]; NULL = select per the spec) and dout ([T][Hq][Dv], fp32 as
+ * the library takes it) are indexed by the state's packed token number.
+ * Central differences of this loss, with the blocks held fixed, are the
+ * reference for nsa_backward. NaN when out of memory. */
+double oracle_loss(const oracle_state *s, const int32_t *given_indices, const float *dout,
+                   int64_t first_token, int64_t end_token);
+
+/* The part of oracle_loss that phi's parameters can change once the blocks
+ * are fixed: sum over tokens [first_token, end_token) of g_cmp <dout,
+ * o_cmp> over every query head (sections 2 and 6). The selected and window
+ * branches do not depend on phi, so central differences of this loss in a
+ * phi parameter equal those of oracle_loss, at a fraction of the cost. NaN
+ * when out of memory. */
+double oracle_compressed_loss(const oracle_state *s, const float *dout, int64_t first_token,
+                              int64_t end_token);
+
+/* For the mlp kind: the largest change of one input element (a raw K or V
+ * entry, a pe entry or a W1 entry) that cannot carry any hidden unit's
+ * pre-activation W1^T vec(x + pe) across zero, from the current inputs:
+ * min |pre-activation| / max(max |W1|, max |x + pe|) over every window, head
+ * and hidden unit of both K and V. A finite-difference step below it never
+ * straddles a relu kink. +INFINITY for the other kinds (phi is smooth),
+ * and when there is no window at all. */
+double oracle_relu_kink_distance(const oracle_state *s);
+
 #endif /* NSA_TESTS_ORACLE_H */

@@ -27,7 +27,17 @@
 
 /* ------------------------------------------------------------ registry -- */
 
-typedef enum slot { SLOT_qk, SLOT_pv, SLOT_softmax, SLOT_gate_mix, SLOT_pool, SLOT_cvt_bf16 } slot;
+typedef enum slot {
+    SLOT_qk,
+    SLOT_pv,
+    SLOT_softmax,
+    SLOT_gate_mix,
+    SLOT_pool,
+    SLOT_cvt_bf16,
+    SLOT_grad_prob,
+    SLOT_grad_score,
+    SLOT_grad_score_t
+} slot;
 
 typedef struct entry {
     nsa_isa isa;
@@ -296,6 +306,133 @@ static void check_cvt_bf16(nsa_cvt_bf16_ukernel *fn, const char *name)
     }
 }
 
+/* Row limits of the backward cases: full, partial, empty, out of range. */
+static void backward_limits(size_t m, size_t nk, int32_t *lo, int32_t *hi)
+{
+    for (size_t r = 0; r < m; r++) {
+        switch (r % 4) {
+        case 0: lo[r] = 0; hi[r] = (int32_t)nk - 1; break;
+        case 1: lo[r] = (int32_t)(nk / 3); hi[r] = (int32_t)(nk - 1 - nk / 4); break;
+        case 2: lo[r] = 1; hi[r] = 0; break;
+        default: lo[r] = -5; hi[r] = (int32_t)nk + 7; break;
+        }
+    }
+}
+
+static void check_grad_prob(nsa_grad_prob_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 3, 8, 16, 17};
+    static const size_t nks[] = {1, 5, 8, 16, 17, 64, 100, 257};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t b = 0; b < sizeof nks / sizeof *nks; b++)
+            for (int with_dp = 0; with_dp < 2; with_dp++) {
+                const size_t m = ms[a], nk = nks[b], lds = nk + 3, lddp = nk + 5;
+                int32_t lo[17], hi[17];
+                float lse[17], dot_got[17], dot_want[17];
+                backward_limits(m, nk, lo, hi);
+                for (size_t r = 0; r < m; r++) {
+                    lse[r] = uniform(0, 3);
+                    dot_got[r] = dot_want[r] = uniform(-1, 1);
+                }
+                float *s_got = random_floats((m + 1) * lds, -6, 3);
+                for (size_t r = 0; r <= m; r++)
+                    for (size_t col = 0; col < lds; col++)
+                        if (col >= nk || r == m)
+                            s_got[r * lds + col] = SENTINEL;
+                float *s_want = copy_floats(s_got, (m + 1) * lds);
+                /* exact size: ASan sees reads past the last row's columns */
+                float *dp = with_dp ? random_floats((m - 1) * lddp + nk, -2, 2) : NULL;
+                fn(m, nk, lo, hi, lse, s_got, lds, dp, lddp, dot_got);
+                nsa_f32_grad_prob_ukernel__ref(m, nk, lo, hi, lse, s_want, lds, dp, lddp,
+                                               dot_want);
+                char what[128];
+                snprintf(what, sizeof what, "%s m=%zu nk=%zu dp=%d", name, m, nk, with_dp);
+                expect_region(what, s_got, s_want, m, nk, lds, (m + 1) * lds, 1e-7, 2e-6);
+                for (size_t r = 0; r < m; r++)
+                    if (fabs((double)dot_got[r] - dot_want[r]) > 1e-5 * (1 + (double)nk))
+                        fail_msg("%s: dot[%zu] = %.9g, want %.9g", what, r, (double)dot_got[r],
+                                 (double)dot_want[r]);
+                free(s_got);
+                free(s_want);
+                free(dp);
+            }
+}
+
+static void check_grad_score(nsa_grad_score_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 3, 8, 16, 17};
+    static const size_t nks[] = {1, 5, 8, 15, 16, 17, 64, 100, 257};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t b = 0; b < sizeof nks / sizeof *nks; b++) {
+            const size_t m = ms[a], nk = nks[b], ldp = nk + 2, lddp = nk + 3;
+            const size_t total = (m + 1) * lddp;
+            float coef[17], dot[17];
+            for (size_t r = 0; r < m; r++) {
+                coef[r] = uniform(-1, 1);
+                dot[r] = uniform(-1, 1);
+            }
+            float *p = random_floats((m - 1) * ldp + nk, 0, 1);
+            float *got = random_floats(total, -2, 2);
+            for (size_t r = 0; r <= m; r++)
+                for (size_t col = 0; col < lddp; col++)
+                    if (col >= nk || r == m)
+                        got[r * lddp + col] = SENTINEL;
+            float *want = copy_floats(got, total);
+            fn(m, nk, coef, dot, p, ldp, got, lddp);
+            nsa_f32_grad_score_ukernel__ref(m, nk, coef, dot, p, ldp, want, lddp);
+            char what[128];
+            snprintf(what, sizeof what, "%s m=%zu nk=%zu", name, m, nk);
+            expect_region(what, got, want, m, nk, lddp, total, 1e-7, 2e-6);
+            free(p);
+            free(got);
+            free(want);
+        }
+}
+
+static void check_grad_score_t(nsa_grad_score_t_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 3, 7, 8, 9, 15, 16, 17, 33, 64};
+    static const size_t nks[] = {1, 5, 8, 15, 16, 17, 64, 70};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t b = 0; b < sizeof nks / sizeof *nks; b++) {
+            const size_t m = ms[a], nk = nks[b], lds = nk + 3, lddp = nk + 1, ldt = m + 5;
+            const size_t total = (nk + 1) * ldt;
+            int32_t lo[64], hi[64];
+            float lse[64], dot[64], gain[64];
+            backward_limits(m, nk, lo, hi);
+            for (size_t r = 0; r < m; r++) {
+                lse[r] = uniform(0, 3);
+                dot[r] = uniform(-1, 1);
+                gain[r] = uniform(0, 1);
+            }
+            /* exact sizes: ASan sees reads past the last row's columns */
+            float *s = random_floats((m - 1) * lds + nk, -6, 3);
+            float *dp = random_floats((m - 1) * lddp + nk, -2, 2);
+            float *pt_got = malloc(total * sizeof *pt_got);
+            float *pt_want = malloc(total * sizeof *pt_want);
+            float *ds_got = malloc(total * sizeof *ds_got);
+            float *ds_want = malloc(total * sizeof *ds_want);
+            fill_sentinel(pt_got, total);
+            fill_sentinel(pt_want, total);
+            fill_sentinel(ds_got, total);
+            fill_sentinel(ds_want, total);
+            fn(m, nk, lo, hi, lse, dot, gain, 0.37f, s, lds, dp, lddp, pt_got, ds_got, ldt);
+            nsa_f32_grad_score_t_ukernel__ref(m, nk, lo, hi, lse, dot, gain, 0.37f, s, lds, dp,
+                                              lddp, pt_want, ds_want, ldt);
+            char what[128];
+            snprintf(what, sizeof what, "%s m=%zu nk=%zu (P)", name, m, nk);
+            expect_region(what, pt_got, pt_want, nk, m, ldt, total, 1e-7, 2e-6);
+            snprintf(what, sizeof what, "%s m=%zu nk=%zu (dS)", name, m, nk);
+            expect_region(what, ds_got, ds_want, nk, m, ldt, total, 1e-7, 2e-6);
+            free(s);
+            free(dp);
+            free(pt_got);
+            free(pt_want);
+            free(ds_got);
+            free(ds_want);
+        }
+}
+
 /* ---------------------------------------------------------------- tests -- */
 
 static void test_registry_entry(void **state)
@@ -312,6 +449,11 @@ static void test_registry_entry(void **state)
     case SLOT_gate_mix: check_gate_mix((nsa_gate_mix_ukernel *)e->fn, e->name); break;
     case SLOT_pool: check_pool((nsa_pool_ukernel *)e->fn, e->name); break;
     case SLOT_cvt_bf16: check_cvt_bf16((nsa_cvt_bf16_ukernel *)e->fn, e->name); break;
+    case SLOT_grad_prob: check_grad_prob((nsa_grad_prob_ukernel *)e->fn, e->name); break;
+    case SLOT_grad_score: check_grad_score((nsa_grad_score_ukernel *)e->fn, e->name); break;
+    case SLOT_grad_score_t:
+        check_grad_score_t((nsa_grad_score_t_ukernel *)e->fn, e->name);
+        break;
     }
 }
 
@@ -335,12 +477,48 @@ static void test_reference_softmax_is_a_softmax(void **state)
     assert_float_equal(acc[1], 2.0f * rescale, 1e-7);
 }
 
+/* The key side's reference kernel against the query side's two, composed
+ * and transposed: the three must describe the same gradient. */
+static void test_reference_grad_kernels_agree(void **state)
+{
+    (void)state;
+    enum { M = 5, NK = 7 };
+    int32_t lo[M], hi[M];
+    float lse[M], dot[M], gain[M], coef[M], s[M * NK], dp[M * NK], p[M * NK], pt[NK * M],
+        dst[NK * M];
+    backward_limits(M, NK, lo, hi);
+    for (size_t r = 0; r < M; r++) {
+        lse[r] = uniform(0, 2);
+        dot[r] = uniform(-1, 1);
+        gain[r] = uniform(0, 1);
+        coef[r] = 0.37f * gain[r];
+    }
+    for (size_t i = 0; i < M * NK; i++) {
+        s[i] = p[i] = uniform(-3, 2);
+        dp[i] = uniform(-1, 1);
+    }
+    nsa_f32_grad_score_t_ukernel__ref(M, NK, lo, hi, lse, dot, gain, 0.37f, s, NK, dp, NK, pt,
+                                      dst, M);
+    nsa_f32_grad_prob_ukernel__ref(M, NK, lo, hi, lse, p, NK, NULL, NK, NULL);
+    float ds[M * NK];
+    memcpy(ds, dp, sizeof ds);
+    nsa_f32_grad_score_ukernel__ref(M, NK, coef, dot, p, NK, ds, NK);
+    for (size_t r = 0; r < M; r++)
+        for (size_t j = 0; j < NK; j++) {
+            assert_float_equal(pt[j * M + r], gain[r] * p[r * NK + j], 1e-6);
+            assert_float_equal(dst[j * M + r], ds[r * NK + j], 1e-6);
+            if ((int32_t)j < lo[r] || (int32_t)j > hi[r])
+                assert_true(pt[j * M + r] == 0.0f && dst[j * M + r] == 0.0f);
+        }
+}
+
 int main(void)
 {
     enum { MAX_TESTS = 64 };
     struct CMUnitTest tests[MAX_TESTS];
     size_t count = 0;
     tests[count++] = (struct CMUnitTest)cmocka_unit_test(test_reference_softmax_is_a_softmax);
+    tests[count++] = (struct CMUnitTest)cmocka_unit_test(test_reference_grad_kernels_agree);
     for (size_t i = 0; registry[i].name != NULL && count < MAX_TESTS; i++) {
         tests[count] = (struct CMUnitTest)cmocka_unit_test_prestate(test_registry_entry,
                                                                     &registry[i]);

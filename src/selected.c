@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * selected.c — the selected branch of a chunk of queries, block by block
+ * (selected.h). Consecutive queries of one KV head may choose quite
+ * different blocks (always so with random inputs, and with small groups
+ * most of all), so attending to the union of a tile's blocks would spend
+ * most of its work on masked rows. Instead the chunk's selections are
+ * inverted with a counting sort into, per block, the queries that chose it
+ * (ascending); each block is then loaded once and attended by exactly its
+ * rows, gathered into one tile, with their running softmax states gathered
+ * and scattered around the call. Blocks are taken in ascending order, so
+ * every query merges its blocks in the same order whatever the threads.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "geometry.h"
+#include "selected.h"
+
+int64_t nsa_selected_chunk_queries(const nsa_plan *plan)
+{
+    const int64_t queries = NSA_SELECTED_CHUNK_ROWS / plan->group_size;
+    return queries > 0 ? queries : 1;
+}
+
+typedef struct chunk_scratch {
+    nsa_softmax_state state;    /* the chunk's rows, [rows] */
+    nsa_softmax_state gathered; /* one block's rows */
+    float *q, *s;
+    int32_t *lo, *hi, *first_query, *queries; /* first_query [blocks + 1] */
+    int64_t *row_first, *row_last;
+} chunk_scratch;
+
+/* Lays the scratch out in f (NULL: only count); returns the floats used. */
+static size_t carve(const nsa_plan *plan, int64_t max_len, float *f, chunk_scratch *c)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t queries = nsa_selected_chunk_queries(plan);
+    const size_t rows = (size_t)(queries * plan->group_size);
+    const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
+    const size_t blocks = (size_t)nsa_num_blocks(cfg, max_len) + 1;
+    const size_t parts[] = {rows,  rows,  rows * dv, rows,    rows,   rows * dv,
+                            rows * dk, rows * NSA_ATTEND_CHUNK, rows, rows,
+                            blocks + 1, (size_t)queries * (size_t)cfg->sel_count,
+                            2 * rows, 2 * rows};
+    void *at[sizeof parts / sizeof parts[0]];
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        used += used % 2; /* int64 alignment */
+        at[i] = f != NULL ? (void *)(f + used) : NULL;
+        used += parts[i];
+    }
+    if (c != NULL)
+        *c = (chunk_scratch){.state = {.max = at[0], .sum = at[1], .acc = at[2], .ldacc = dv},
+                             .gathered = {.max = at[3], .sum = at[4], .acc = at[5], .ldacc = dv},
+                             .q = at[6], .s = at[7], .lo = at[8], .hi = at[9],
+                             .first_query = at[10], .queries = at[11], .row_first = at[12],
+                             .row_last = at[13]};
+    return used;
+}
+
+size_t nsa_selected_scratch_floats(const nsa_plan *plan, int64_t max_len)
+{
+    return carve(plan, max_len, NULL, NULL);
+}
+
+/* Per block, the chunk's queries that chose it: first_query[J] ..
+ * first_query[J + 1] - 1 index queries[], ascending. */
+static void invert(const nsa_plan *plan, const nsa_selected_job *job, int64_t blocks,
+                   chunk_scratch *c)
+{
+    const int64_t n = plan->cfg.sel_count;
+    memset(c->first_query, 0, (size_t)(blocks + 1) * sizeof *c->first_query);
+    for (int64_t i = 0; i < job->count; i++)
+        for (int64_t s = 0; s < n; s++) {
+            const int32_t block = job->blocks[(size_t)i * job->index_stride + (size_t)s];
+            if (block < 0)
+                break; /* -1 pads the end */
+            c->first_query[block + 1]++;
+        }
+    for (int64_t b = 0; b < blocks; b++)
+        c->first_query[b + 1] += c->first_query[b];
+    for (int64_t i = 0; i < job->count; i++)
+        for (int64_t s = 0; s < n; s++) {
+            const int32_t block = job->blocks[(size_t)i * job->index_stride + (size_t)s];
+            if (block < 0)
+                break;
+            c->queries[c->first_query[block]++] = (int32_t)i;
+        }
+    for (int64_t b = blocks; b > 0; b--) /* the fill moved every start one block on */
+        c->first_query[b] = c->first_query[b - 1];
+    c->first_query[0] = 0;
+}
+
+/* Copies G state rows between the chunk's state (row `row`) and a gathered
+ * block tile (row `at`); to_block chooses the direction. */
+static void move_state(const nsa_softmax_state *chunk, const nsa_softmax_state *block,
+                       size_t row, size_t at, size_t g, size_t dv, int to_block)
+{
+    const nsa_softmax_state *from = to_block ? chunk : block, *to = to_block ? block : chunk;
+    const size_t src = to_block ? row : at, dst = to_block ? at : row;
+    memcpy(to->max + dst, from->max + src, g * sizeof(float));
+    memcpy(to->sum + dst, from->sum + src, g * sizeof(float));
+    memcpy(to->acc + dst * dv, from->acc + src * dv, g * dv * sizeof(float));
+}
+
+/* Attends block's rows (the queries in list[0 .. count)) to its keys. */
+static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int64_t block,
+                         const int32_t *list, int64_t count, chunk_scratch *c)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const size_t g = (size_t)plan->group_size, dk = (size_t)cfg->head_dim_qk;
+    const size_t dv = (size_t)cfg->head_dim_v;
+    const int64_t first = block * cfg->sel_block, last = first + cfg->sel_block - 1;
+    for (int64_t k = 0; k < count; k++) {
+        const int64_t i = list[k], pos = job->first + i;
+        const int64_t limit = cfg->causal ? pos : job->len - 1;
+        memcpy(c->q + (size_t)k * g * dk, job->q + (size_t)i * job->q_stride,
+               g * dk * sizeof(float));
+        move_state(&c->state, &c->gathered, (size_t)i * g, (size_t)k * g, g, dv, 1);
+        for (size_t r = (size_t)k * g; r < (size_t)(k + 1) * g; r++) {
+            c->row_first[r] = first;
+            c->row_last[r] = last < limit ? last : limit;
+        }
+    }
+    const nsa_rows rows = {.m = (size_t)count * g, .dk = dk, .dv = dv, .scale = cfg->scale,
+                           .q = c->q};
+    nsa_attend_keys(&plan->kernels, &rows, &job->raw, first, last, c->row_first, c->row_last,
+                    &c->gathered, c->s, c->lo, c->hi);
+    for (int64_t k = 0; k < count; k++)
+        move_state(&c->state, &c->gathered, (size_t)list[k] * g, (size_t)k * g, g, dv, 0);
+}
+
+/* out += g_slc o_slc, and the log-sum-exp when training. */
+static void finish(const nsa_plan *plan, const nsa_selected_job *job, const chunk_scratch *c)
+{
+    const size_t g = (size_t)plan->group_size, dv = (size_t)plan->cfg.head_dim_v;
+    for (int64_t i = 0; i < job->count; i++)
+        for (size_t h = 0; h < g; h++) {
+            const size_t r = (size_t)i * g + h;
+            const float sum = c->state.sum[r];
+            const float weight =
+                nsa_gate_over_sum(job->gates[(size_t)i * job->gates_stride + 3 * h + 1], sum);
+            float *out = job->out + (size_t)i * job->out_stride + h * dv;
+            for (size_t e = 0; e < dv; e++)
+                out[e] += weight * c->state.acc[r * dv + e];
+            if (job->lse != NULL)
+                job->lse[(size_t)i * job->lse_stride + h] =
+                    sum > 0.0f ? c->state.max[r] + logf(sum) : -INFINITY;
+        }
+}
+
+void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, float *scratch)
+{
+    chunk_scratch c;
+    carve(plan, job->len, scratch, &c);
+    const int64_t blocks = nsa_num_blocks(&plan->cfg, job->len);
+    nsa_softmax_state_reset(&c.state, (size_t)(job->count * plan->group_size),
+                            (size_t)plan->cfg.head_dim_v);
+    invert(plan, job, blocks, &c);
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t count = c.first_query[b + 1] - c.first_query[b];
+        if (count > 0)
+            attend_block(plan, job, b, c.queries + c.first_query[b], count, &c);
+    }
+    finish(plan, job, &c);
+}

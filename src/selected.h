@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * selected.h — the forward's selected branch block by block (selected.c):
+ * for a chunk of consecutive queries of one sequence and KV head, the
+ * selections are inverted into a list of selecting queries per block, and
+ * each block is loaded once for all of its rows. Used after the tiles have
+ * written the compressed and window branches (nsa_tile with
+ * defer_selected), it adds g_slc * o_slc to the output.
+ */
+#ifndef NSA_SELECTED_H
+#define NSA_SELECTED_H
+
+#include "tile.h"
+
+/* Rows (queries x G heads) per chunk. */
+enum { NSA_SELECTED_CHUNK_ROWS = 1024 };
+
+/* One chunk: queries first .. first + count - 1 of a sequence of len keys,
+ * with the strides of nsa_tile (query i's G rows at q + i * q_stride, ...). */
+typedef struct nsa_selected_job {
+    nsa_keys raw;
+    int64_t len;
+    int64_t first, count;
+    const float *q, *gates;
+    float *out;
+    size_t q_stride, gates_stride, out_stride;
+    const int32_t *blocks; /* query i's n blocks at blocks + i * index_stride,
+                              ascending, -1 padded */
+    size_t index_stride;
+    float *lse; /* optional: the slc log-sum-exp of query i's rows at lse + i * lse_stride */
+    size_t lse_stride;
+} nsa_selected_job;
+
+/* Queries per chunk for a plan. */
+int64_t nsa_selected_chunk_queries(const nsa_plan *plan);
+
+/* Scratch floats of one worker for chunks in sequences of up to max_len keys. */
+size_t nsa_selected_scratch_floats(const nsa_plan *plan, int64_t max_len);
+
+/* out += g_slc * o_slc for every query of the job (spec section 4). */
+void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, float *scratch);
+
+#endif /* NSA_SELECTED_H */
