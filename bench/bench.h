@@ -44,11 +44,15 @@ typedef struct bench_options {
     int32_t blas_tile; /* queries per tile of the dense baselines */
     int64_t bw_mib;    /* bandwidth buffer; 0 = 4 x L3 within [256, 2048] MiB */
     uint64_t seed;
+    int32_t dtype;     /* decode: an nsa_dtype, or -1 = both */
 } bench_options;
 
 /* Fills the defaults and parses argv; returns 0, or 1 after --help, or -1
  * after printing the error. */
 int bench_parse_options(int argc, char **argv, bench_options *opt);
+
+/* `nsa-bench decode` (decode-mode.c). */
+int bench_decode_mode(const bench_options *opt);
 
 /* ------------------------------------------------------------------------ */
 /* Clock, timing, threads                                                    */

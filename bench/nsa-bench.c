@@ -25,6 +25,7 @@ static void usage(FILE *to)
     fprintf(to,
             "usage: nsa-bench forward [options]   NSA forward vs dense attention baselines\n"
             "       nsa-bench backward [options]  NSA backward vs the dense backward\n"
+            "       nsa-bench decode [options]    one decode step vs a dense decode, bytes and GB/s\n"
             "       nsa-bench kernels [options]   each registry kernel vs the reference\n"
             "\n"
             "problem (paper defaults l=32 d=16 l'=64 n=16 w=512, mean compression, causal):\n"
@@ -49,6 +50,8 @@ static void usage(FILE *to)
             "  --blas-tile Q       queries per dense-baseline tile (256; smaller when long)\n"
             "  --bw-mib MIB        bandwidth buffer (default 4 x L3, 256..2048 MiB)\n"
             "backward mode: the forward's options; no OpenBLAS or oneDNN baseline, no plot\n"
+            "decode mode: one decode step at --context N (alias of --seqlen; --sweep: 4K ..\n"
+            "  --sweep-max) against a dense decode on the same cache; --dtype f32|bf16 (both)\n"
             "kernels mode: one thread; takes --isa, --repeats, --median, --json, --seed\n");
 }
 
@@ -86,7 +89,8 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
     *opt = (bench_options){.seqlen = 8192, .q_heads = 16, .kv_heads = 1, .dim_qk = 128,
                            .dim_v = 128, .threads = 0, .max_isa = -1, .repeats = 0,
                            .sweep_min = 1024, .sweep_max = 65536, .plot = "nsa-sweep.png",
-                           .blas_mode = BENCH_BLAS_AUTO, .blas_tile = 256, .seed = 1};
+                           .blas_mode = BENCH_BLAS_AUTO, .blas_tile = 256, .seed = 1,
+                           .dtype = -1};
     if (argc < 2) {
         usage(stderr);
         return -1;
@@ -97,8 +101,8 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
     }
     opt->mode = argv[1];
     if (strcmp(opt->mode, "forward") != 0 && strcmp(opt->mode, "backward") != 0 &&
-        strcmp(opt->mode, "kernels") != 0) {
-        fprintf(stderr, "nsa-bench: unknown mode '%s' (forward, backward or kernels)\n",
+        strcmp(opt->mode, "decode") != 0 && strcmp(opt->mode, "kernels") != 0) {
+        fprintf(stderr, "nsa-bench: unknown mode '%s' (forward, backward, decode or kernels)\n",
                 opt->mode);
         return -1;
     }
@@ -125,7 +129,7 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
         static const char *const valued[] = {
             "--seqlen", "--q-heads", "--kv-heads", "--dim-qk", "--dim-v", "--threads",
             "--repeats", "--sweep-min", "--sweep-max", "--blas-tile", "--bw-mib", "--seed",
-            "--isa", "--plot", "--blas-mode"};
+            "--isa", "--plot", "--blas-mode", "--context", "--dtype"};
         int known = 0;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
             known |= strcmp(name, valued[k]) == 0;
@@ -140,7 +144,7 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
         const char *text = argv[++i];
         int64_t v = 0;
         int rc = 0;
-        if (strcmp(name, "--seqlen") == 0) {
+        if (strcmp(name, "--seqlen") == 0 || strcmp(name, "--context") == 0) {
             rc = parse_int(name, text, 1, big, &v);
             opt->seqlen = v;
         } else if (strcmp(name, "--q-heads") == 0) {
@@ -180,6 +184,15 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
             rc = parse_isa(text, &opt->max_isa);
         } else if (strcmp(name, "--plot") == 0) {
             opt->plot = text;
+        } else if (strcmp(name, "--dtype") == 0) {
+            if (strcmp(text, "f32") == 0 || strcmp(text, "fp32") == 0)
+                opt->dtype = NSA_DTYPE_F32;
+            else if (strcmp(text, "bf16") == 0)
+                opt->dtype = NSA_DTYPE_BF16;
+            else {
+                fprintf(stderr, "nsa-bench: --dtype wants f32 or bf16\n");
+                rc = -1;
+            }
         } else if (strcmp(name, "--blas-mode") == 0) {
             if (strcmp(text, "auto") == 0)
                 opt->blas_mode = BENCH_BLAS_AUTO;
@@ -219,6 +232,8 @@ int main(int argc, char **argv)
         return rc > 0 ? 0 : 2;
     if (strcmp(opt.mode, "kernels") == 0)
         return bench_kernels_mode(&opt);
+    if (strcmp(opt.mode, "decode") == 0)
+        return bench_decode_mode(&opt);
     return strcmp(opt.mode, "backward") == 0 ? bench_backward_mode(&opt)
                                               : bench_forward_mode(&opt);
 }
