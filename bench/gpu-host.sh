@@ -6,11 +6,16 @@
 # PACK/golden), and this script runs there from the repository root:
 #
 #   PACK=gpu-pack OUT=out bench/gpu-host.sh [suite] [forward] [torch] [scaling]
+#                                           [groups] [decode] [backward] [fast]
 #
 # suite    the test programs once per ISA the host supports (avx512 too)
 # forward  nsa-bench kernels; nsa-bench forward at 32K and 64K, G=16, 16 threads
+# fast     the same forward runs without the (slow, already measured) OpenBLAS row
 # torch    PyTorch's fp32 causal SDPA at the same sizes (torch must be there)
-# scaling  NSA alone at 16K on 1, 2, 4, 8, 16 threads; G=1 and G=4 at 32K
+# scaling  NSA alone at 16K on 1, 2, 4, 8, 16 threads
+# groups   NSA alone at 32K with G=1 and G=4, 16 threads
+# decode   nsa-bench decode, 4K .. 128K, fp32 and bf16; PyTorch's bf16 decode
+# backward nsa-bench backward at 32K and 64K
 set -u
 PACK=${PACK:-gpu-pack}
 OUT=${OUT:-.}
@@ -43,16 +48,41 @@ for part in "$@"; do
             >"$OUT/torch.jsonl" 2>&1
         cat "$OUT/torch.jsonl"
         ;;
+    fast)
+        for n in 32768 65536; do
+            run nsa-bench forward --seqlen $n --threads 16 --repeats 2 --no-blas --json \
+                >"$OUT/fast-$n.jsonl" 2>"$OUT/fast-$n.txt"
+            cat "$OUT/fast-$n.txt"
+        done
+        ;;
+    decode)
+        run nsa-bench decode --sweep --sweep-max 131072 --threads 16 --repeats 20 --json \
+            >"$OUT/decode.jsonl" 2>"$OUT/decode.txt"
+        cat "$OUT/decode.txt"
+        python3 bench/torch_decode.py --threads 16 --context 4096 16384 65536 131072 \
+            >"$OUT/torch-decode.jsonl" 2>&1
+        cat "$OUT/torch-decode.jsonl"
+        ;;
+    backward)
+        for n in 32768 65536; do
+            run nsa-bench backward --seqlen $n --threads 16 --repeats 1 --json \
+                >"$OUT/backward-$n.jsonl" 2>"$OUT/backward-$n.txt"
+            cat "$OUT/backward-$n.txt"
+        done
+        ;;
     scaling)
         for t in 1 2 4 8 16; do
             run nsa-bench forward --seqlen 16384 --threads $t --repeats 2 --no-dense --no-blas \
                 --no-dnnl --json >>"$OUT/scaling.jsonl" 2>>"$OUT/scaling.txt"
         done
+        cat "$OUT/scaling.jsonl"
+        ;;
+    groups)
         for kv in 16 4; do
             run nsa-bench forward --seqlen 32768 --kv-heads $kv --threads 16 --repeats 2 \
                 --no-dense --no-blas --no-dnnl --json >>"$OUT/groups.jsonl" 2>>"$OUT/groups.txt"
         done
-        cat "$OUT/scaling.jsonl" "$OUT/groups.jsonl"
+        cat "$OUT/groups.txt"
         ;;
     esac
 done
