@@ -1,17 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * threads.c — a small persistent pthread pool. A call bumps a generation
- * number, every worker runs the call's function once, and the caller waits
- * for the last to finish. Between calls, workers poll the generation for a
- * short while (SPIN_POLLS) before sleeping on a condition variable, and the
- * caller polls the count of running workers before sleeping too: calls that
- * follow each other closely (decode runs four per step) then cost a few
- * microseconds instead of a wake-up of every thread.
+ * threads.c — a small persistent pthread pool. Workers sleep on a condition
+ * variable between calls; a call bumps a generation number, every worker
+ * runs the call's function once, and the last to finish wakes the caller.
  * Threads are bound to cores with hwloc so that memory they first touch
  * stays on their NUMA node and the OS does not migrate them mid-call.
  */
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "threads.h"
@@ -29,18 +24,15 @@ struct nsa_pool {
     worker *workers; /* [num_threads]; entry 0 is the caller, no thread */
 
     pthread_mutex_t call_lock; /* one call at a time */
-    pthread_mutex_t lock;      /* guards the sleeping below */
+    pthread_mutex_t lock;      /* guards everything below */
     pthread_cond_t wake;       /* generation changed or stopping */
     pthread_cond_t done;       /* remaining reached 0 */
-    atomic_uint_fast64_t generation;
-    atomic_int remaining;
-    atomic_int stopping;
-    nsa_pool_task fn; /* written before generation moves, read after */
+    uint64_t generation;
+    int32_t remaining;
+    int stopping;
+    nsa_pool_task fn;
     void *arg;
 };
-
-/* Polls before sleeping: about 20-50 us on current CPUs. */
-enum { SPIN_POLLS = 20000 };
 
 static void bind_to_core(nsa_pool *pool, int32_t index)
 {
@@ -59,21 +51,6 @@ static void bind_to_core(nsa_pool *pool, int32_t index)
     hwloc_bitmap_free(set);
 }
 
-/* Waits until the generation moves past `seen` (or the pool stops). */
-static uint64_t wait_for_call(nsa_pool *pool, uint64_t seen)
-{
-    for (int i = 0; i < SPIN_POLLS; i++) {
-        uint64_t now = atomic_load_explicit(&pool->generation, memory_order_acquire);
-        if (now != seen || atomic_load_explicit(&pool->stopping, memory_order_acquire))
-            return now;
-    }
-    pthread_mutex_lock(&pool->lock);
-    while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stopping))
-        pthread_cond_wait(&pool->wake, &pool->lock);
-    pthread_mutex_unlock(&pool->lock);
-    return atomic_load(&pool->generation);
-}
-
 static void *worker_main(void *opaque)
 {
     worker *self = opaque;
@@ -81,24 +58,29 @@ static void *worker_main(void *opaque)
     if (pool->bind)
         bind_to_core(pool, self->index);
     uint64_t seen = 0;
+    pthread_mutex_lock(&pool->lock);
     for (;;) {
-        seen = wait_for_call(pool, seen);
-        if (atomic_load(&pool->stopping))
+        while (pool->generation == seen && !pool->stopping)
+            pthread_cond_wait(&pool->wake, &pool->lock);
+        if (pool->stopping)
             break;
-        pool->fn(pool->arg, self->index, pool->num_threads);
-        if (atomic_fetch_sub_explicit(&pool->remaining, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&pool->lock); /* the caller may be asleep */
+        seen = pool->generation;
+        nsa_pool_task fn = pool->fn;
+        void *arg = pool->arg;
+        pthread_mutex_unlock(&pool->lock);
+        fn(arg, self->index, pool->num_threads);
+        pthread_mutex_lock(&pool->lock);
+        if (--pool->remaining == 0)
             pthread_cond_signal(&pool->done);
-            pthread_mutex_unlock(&pool->lock);
-        }
     }
+    pthread_mutex_unlock(&pool->lock);
     return NULL;
 }
 
 static void stop_workers(nsa_pool *pool, int32_t started)
 {
     pthread_mutex_lock(&pool->lock);
-    atomic_store(&pool->stopping, 1);
+    pool->stopping = 1;
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
     for (int32_t i = 1; i < started; i++)
@@ -120,9 +102,6 @@ nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int b
     pool->num_threads = num_threads;
     pool->bind = bind;
     pool->workers = workers;
-    atomic_init(&pool->generation, 0);
-    atomic_init(&pool->remaining, 0);
-    atomic_init(&pool->stopping, 0);
     pthread_mutex_init(&pool->call_lock, NULL);
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
@@ -143,7 +122,7 @@ void nsa_pool_destroy(nsa_pool *pool)
 {
     if (pool == NULL)
         return;
-    if (!atomic_load(&pool->stopping))
+    if (!pool->stopping)
         stop_workers(pool, pool->num_threads);
     pthread_cond_destroy(&pool->done);
     pthread_cond_destroy(&pool->wake);
@@ -160,24 +139,19 @@ void nsa_pool_run(nsa_pool *pool, nsa_pool_task fn, void *arg)
         return;
     }
     pthread_mutex_lock(&pool->call_lock);
+    pthread_mutex_lock(&pool->lock);
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store_explicit(&pool->remaining, pool->num_threads - 1, memory_order_relaxed);
-    pthread_mutex_lock(&pool->lock); /* workers may be asleep */
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    pool->remaining = pool->num_threads - 1;
+    pool->generation++;
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
 
     fn(arg, 0, pool->num_threads);
 
-    int finished = 0;
-    for (int i = 0; i < SPIN_POLLS && !finished; i++)
-        finished = atomic_load_explicit(&pool->remaining, memory_order_acquire) == 0;
-    if (!finished) {
-        pthread_mutex_lock(&pool->lock);
-        while (atomic_load(&pool->remaining) > 0)
-            pthread_cond_wait(&pool->done, &pool->lock);
-        pthread_mutex_unlock(&pool->lock);
-    }
+    pthread_mutex_lock(&pool->lock);
+    while (pool->remaining > 0)
+        pthread_cond_wait(&pool->done, &pool->lock);
+    pthread_mutex_unlock(&pool->lock);
     pthread_mutex_unlock(&pool->call_lock);
 }
