@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * gemm.h — the one matrix-multiply entry point of the library, used where a
- * real GEMM fits (the linear and mlp compression). Backed by OpenBLAS when
- * configured with it, else by a plain C loop.
+ * gemm.h — the matrix-multiply entry points of the library, used where a
+ * real GEMM fits (the linear and mlp compression, and their backward).
+ * Backed by OpenBLAS when configured with it, else by a plain C loop.
  */
 #ifndef NSA_GEMM_H
 #define NSA_GEMM_H

@@ -621,8 +621,8 @@ double oracle_loss(const oracle_state *s, const int32_t *given_indices, const fl
         return NAN;
     double loss = 0.0;
     for (int64_t tok = first_token; tok < end_token; tok++) {
-        oracle_token(s, tok, given_indices ? given_indices + tok * nrow : NULL, o, NULL, NULL,
-                     NULL, NULL, NULL);
+        oracle_token(s, tok, given_indices ? given_indices + tok * nrow : NULL, o, NULL, NULL, NULL,
+                     NULL, NULL);
         for (int64_t x = 0; x < row; x++)
             loss += (double)dout[tok * row + x] * o[x];
     }
