@@ -14,13 +14,13 @@ void nsa_f32_softmax_ukernel__ref(size_t m, size_t nk, const int32_t *lo, const 
 {
     for (size_t r = 0; r < m; r++) {
         float *sr = s + r * lds;
-        size_t first = lo[r] > 0 ? (size_t)lo[r] : 0;
-        size_t last = hi[r] < (int32_t)nk - 1 ? (size_t)(hi[r] + 1) : nk; /* one past */
-        if (lo[r] > hi[r] || first >= last) {
+        if (lo[r] > hi[r] || hi[r] < 0 || (int64_t)lo[r] >= (int64_t)nk) { /* no column */
             for (size_t j = 0; j < nk; j++)
                 sr[j] = 0.0f;
             continue;
         }
+        size_t first = lo[r] > 0 ? (size_t)lo[r] : 0;
+        size_t last = hi[r] < (int32_t)nk - 1 ? (size_t)(hi[r] + 1) : nk; /* one past */
         float new_max = row_max[r];
         for (size_t j = first; j < last; j++)
             new_max = fmaxf(new_max, sr[j]);
