@@ -5,10 +5,12 @@
  * backward.h).
  *
  * Pool runs, each a barrier:
- *   1. per (sequence, KV head): pack raw keys and values into panels,
- *      compress K and V and pack the compressed tokens too;
- *   2. without a saved record: the forward's tiles, for the log-sum-exps and
- *      the selected blocks;
+ *   1. per (sequence, KV head): pack raw keys and values into panels (and
+ *      the key rows, per head), compress K and V and pack the compressed
+ *      tokens too;
+ *   2. without a saved record: the forward's own two passes (its tiles,
+ *      then its selected branch block by block), for the log-sum-exps and
+ *      the selected blocks, bit for bit what nsa_forward_train records;
  *   3. invert the selection: per (sequence, KV head, block) the queries that
  *      chose it, ascending (a counting sort);
  *   4. the query side: dq, dgates;
@@ -28,13 +30,16 @@
 #include "compress.h"
 #include "compress_backward.h"
 #include "geometry.h"
+#include "memory.h"
 #include "saved.h"
+#include "selected.h"
 #include "tile.h"
 
 enum { PREPARE_TOKENS = 256 }; /* compressed tokens or keys per prepare item */
 
-enum item_kind { PACK_RAW, COMPRESS_K, COMPRESS_V, FORWARD_TILE, INVERT, QUERIES, BLOCK,
-                 COMPRESSED, HIDDEN_K, HIDDEN_V, INPUTS_K, INPUTS_V, PARAMS_K, PARAMS_V };
+enum item_kind { PACK_RAW, COMPRESS_K, COMPRESS_V, FORWARD_TILE, FORWARD_SELECTED, INVERT,
+                 QUERIES, BLOCK, COMPRESSED, HIDDEN_K, HIDDEN_V, INPUTS_K, INPUTS_V, PARAMS_K,
+                 PARAMS_V };
 
 static int64_t min64(int64_t a, int64_t b)
 {
@@ -74,6 +79,10 @@ static void prepare(const backward_run *run, const backward_item *it, float *scr
         nsa_pack_panels(v, (size_t)(hkv * dvd), len, dvd, it->first, it->count,
                         backward_panels(run, run->vp, run->p_offset, b, h, dvd) +
                             it->first * dvd * NSA_PANEL);
+        float *rows = backward_key_rows(run, b, h);
+        const int64_t last = min64((it->first + it->count) * NSA_PANEL, len);
+        for (int64_t t = it->first * NSA_PANEL; t < last; t++)
+            memcpy(rows + t * dkd, k + (size_t)(t * hkv * dkd), (size_t)dkd * sizeof *rows);
         return;
     }
     const int is_k = it->kind == COMPRESS_K;
@@ -115,9 +124,11 @@ static int64_t prepare_items(const backward_run *run, backward_item *items)
 
 /* ------------------------------------------------- forward record, again -- */
 
-/* The forward's tile it (the forward's own tiling, so the same bits), with
- * its output dropped into scratch: only the log-sum-exps and blocks stay. */
-static void forward_tile(const backward_run *run, const backward_item *it, float *scratch)
+/* The forward's tile it (the forward's own tiling and passes, so the same
+ * bits), with its output dropped into scratch: only the log-sum-exps and
+ * blocks stay. The selected branch is left to forward_selected, as the
+ * forward leaves it to its third pass. */
+static nsa_tile forward_tile_of(const backward_run *run, const backward_item *it, float *out)
 {
     const nsa_plan *plan = run->call.plan;
     const nsa_config *cfg = &plan->cfg;
@@ -126,8 +137,7 @@ static void forward_tile(const backward_run *run, const backward_item *it, float
     const int64_t dkd = cfg->head_dim_qk, dvd = cfg->head_dim_v, n = cfg->sel_count;
     const int64_t start = seq_start(run, b), len = seq_len(run, b);
     const int64_t token = start + it->first, T = run->call.batch->total_tokens;
-    const int64_t queries = nsa_tile_queries(plan, 0);
-    const nsa_tile tile = {
+    return (nsa_tile){
         .raw = {.kp = backward_panels(run, run->kp, run->p_offset, b, h, dkd),
                 .v = run->call.v + (size_t)((start * hkv + h) * dvd),
                 .ldv = (size_t)(hkv * dvd),
@@ -141,26 +151,57 @@ static void forward_tile(const backward_run *run, const backward_item *it, float
         .count = it->count,
         .q = run->call.q + (size_t)((token * hq + h * g) * dkd),
         .gates = run->call.gates + (size_t)((token * hq + h * g) * 3),
-        .out = scratch,
+        .out = out,
         .q_stride = (size_t)(hq * dkd),
         .gates_stride = (size_t)(hq * 3),
         .out_stride = (size_t)(g * dvd),
         .indices_out = run->own_blocks + (size_t)((token * hkv + h) * n),
         .index_stride = (size_t)(hkv * n),
+        .defer_selected = 1,
         .lse = run->own_lse + (size_t)(token * hq + h * g),
         .lse_stride = (size_t)hq,
         .lse_branch_stride = (size_t)(T * hq),
     };
+}
+
+static void forward_tile(const backward_run *run, const backward_item *it, float *scratch)
+{
+    const nsa_plan *plan = run->call.plan;
+    const int64_t queries = nsa_tile_queries(plan, 0);
+    const nsa_tile tile = forward_tile_of(run, it, scratch);
     nsa_tile_attend(plan, &tile, queries, run->call.max_len,
-                    scratch + (size_t)(queries * g * dvd));
+                    scratch + (size_t)(queries * plan->group_size * plan->cfg.head_dim_v));
+}
+
+/* The forward's selected branch of a chunk of queries, for its log-sum-exp. */
+static void forward_selected(const backward_run *run, const backward_item *it, float *scratch)
+{
+    const nsa_plan *plan = run->call.plan;
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t g = plan->group_size, hq = cfg->num_q_heads;
+    const int64_t T = run->call.batch->total_tokens, queries = nsa_selected_chunk_queries(plan);
+    const size_t out_floats = (size_t)(queries * g * cfg->head_dim_v);
+    const nsa_tile tile = forward_tile_of(run, it, scratch); /* its keys and strides */
+    const int64_t token = seq_start(run, it->seq) + it->first;
+    const nsa_selected_job job = {
+        .raw = tile.raw, .len = tile.len, .first = it->first, .count = it->count,
+        .q = tile.q, .gates = tile.gates, .out = tile.out, .q_stride = tile.q_stride,
+        .gates_stride = tile.gates_stride, .out_stride = tile.out_stride,
+        .blocks = tile.indices_out, .index_stride = tile.index_stride,
+        .lse = run->own_lse + (size_t)(T * hq + token * hq + it->head * g),
+        .lse_stride = (size_t)hq};
+    memset(scratch, 0, out_floats * sizeof *scratch); /* the job adds to its output */
+    nsa_selected_attend(plan, &job, scratch + out_floats);
 }
 
 static size_t forward_scratch(const backward_run *run)
 {
     const nsa_plan *plan = run->call.plan;
-    const int64_t queries = nsa_tile_queries(plan, 0);
-    return (size_t)(queries * plan->group_size * plan->cfg.head_dim_v) +
-           nsa_tile_scratch_floats(plan, queries, run->call.max_len);
+    const int64_t tile = nsa_tile_queries(plan, 0), chunk = nsa_selected_chunk_queries(plan);
+    const size_t dv = (size_t)(plan->group_size * plan->cfg.head_dim_v);
+    const size_t tiles = (size_t)tile * dv + nsa_tile_scratch_floats(plan, tile, run->call.max_len);
+    const size_t chunks = (size_t)chunk * dv + nsa_selected_scratch_floats(plan, run->call.max_len);
+    return tiles > chunks ? tiles : chunks;
 }
 
 /* ---------------------------------------------------------- inversion -- */
@@ -211,19 +252,32 @@ static int64_t per_head_items(const backward_run *run, backward_item *items, int
     return n;
 }
 
-static int64_t forward_items(const backward_run *run, backward_item *items)
+/* The forward's tiles (kind FORWARD_TILE) or selected chunks: the items
+ * of its second and third passes. */
+static int64_t forward_pass_items(const backward_run *run, backward_item *items, int kind)
 {
     const int64_t B = run->call.batch->num_seqs, hkv = run->call.plan->cfg.num_kv_heads;
-    const int64_t step = nsa_tile_queries(run->call.plan, 0);
+    const int64_t step = kind == FORWARD_TILE ? nsa_tile_queries(run->call.plan, 0)
+                                              : nsa_selected_chunk_queries(run->call.plan);
     int64_t n = 0;
     for (int64_t b = 0; b < B; b++)
         for (int64_t first = 0; first < seq_len(run, b); first += step)
             for (int32_t h = 0; h < hkv; h++, n++)
                 if (items != NULL)
-                    items[n] = (backward_item){.seq = (int32_t)b, .head = h,
-                                               .kind = FORWARD_TILE, .first = first,
+                    items[n] = (backward_item){.seq = (int32_t)b, .head = h, .kind = kind,
+                                               .first = first,
                                                .count = min64(step, seq_len(run, b) - first)};
     return n;
+}
+
+static int64_t forward_items(const backward_run *run, backward_item *items)
+{
+    return forward_pass_items(run, items, FORWARD_TILE);
+}
+
+static int64_t forward_selected_items(const backward_run *run, backward_item *items)
+{
+    return forward_pass_items(run, items, FORWARD_SELECTED);
 }
 
 /* ---------------------------------------------------- attention passes -- */
@@ -409,6 +463,7 @@ static void worker(void *arg, int32_t index, int32_t num_workers)
         case COMPRESS_K:
         case COMPRESS_V: prepare(run, it, scratch); break;
         case FORWARD_TILE: forward_tile(run, it, scratch); break;
+        case FORWARD_SELECTED: forward_selected(run, it, scratch); break;
         case INVERT: invert(run, it); break;
         case QUERIES: nsa_backward_queries(run, it, scratch); break;
         case BLOCK: nsa_backward_block(run, it, scratch); break;
@@ -453,9 +508,11 @@ static void run_free(backward_run *run, int32_t workers)
             free(run->scratch[w]);
     free(run->scratch);
     free(run->items);
-    float *buffers[] = {run->kp, run->vp, run->kc, run->vc, run->kcp, run->vcp, run->dkc,
-                        run->dvc, run->hidden[0], run->hidden[1], run->dhidden[0],
-                        run->dhidden[1], run->own_lse};
+    float *large[] = {run->kp, run->vp, run->kr, run->kcp, run->vcp};
+    for (size_t i = 0; i < sizeof large / sizeof *large; i++)
+        nsa_free_large(large[i]);
+    float *buffers[] = {run->kc, run->vc, run->dkc, run->dvc, run->hidden[0], run->hidden[1],
+                        run->dhidden[0], run->dhidden[1], run->own_lse};
     for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++)
         free(buffers[i]);
     free(run->own_blocks);
@@ -467,6 +524,13 @@ static void run_free(backward_run *run, int32_t workers)
 static void *alloc_floats(int64_t count)
 {
     return malloc((size_t)count * sizeof(float) + sizeof(float));
+}
+
+/* The packed keys and values the passes read in scattered blocks: on huge
+ * pages where the system allows (memory.h). */
+static void *alloc_large_floats(int64_t count)
+{
+    return nsa_alloc_large((size_t)count * sizeof(float) + sizeof(float), 0);
 }
 
 static size_t max_size(size_t a, size_t b)
@@ -500,16 +564,17 @@ static nsa_status run_alloc(backward_run *run, int need_record, int32_t workers)
         run->b_offset[b + 1] = run->b_offset[b] + nsa_num_blocks(cfg, len);
     }
     const int64_t total_c = run->c_offset[B];
-    run->kp = alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * dkd);
-    run->vp = alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * dvd);
+    run->kp = alloc_large_floats(hkv * run->p_offset[B] * NSA_PANEL * dkd);
+    run->vp = alloc_large_floats(hkv * run->p_offset[B] * NSA_PANEL * dvd);
+    run->kr = alloc_large_floats(hkv * T * dkd);
     run->kc = alloc_floats(hkv * total_c * dkd);
     run->vc = alloc_floats(hkv * total_c * dvd);
-    run->kcp = alloc_floats(hkv * run->cp_offset[B] * NSA_PANEL * dkd);
-    run->vcp = alloc_floats(hkv * run->cp_offset[B] * NSA_PANEL * dvd);
+    run->kcp = alloc_large_floats(hkv * run->cp_offset[B] * NSA_PANEL * dkd);
+    run->vcp = alloc_large_floats(hkv * run->cp_offset[B] * NSA_PANEL * dvd);
     run->dkc = alloc_floats(hkv * total_c * dkd);
     run->dvc = alloc_floats(hkv * total_c * dvd);
-    int ok = run->kp && run->vp && run->kc && run->vc && run->kcp && run->vcp && run->dkc &&
-             run->dvc;
+    int ok = run->kp && run->vp && run->kr && run->kc && run->vc && run->kcp && run->vcp &&
+             run->dkc && run->dvc;
     if (cfg->compress == NSA_COMPRESS_MLP)
         for (int t = 0; t < 2; t++) {
             run->hidden[t] = alloc_floats(hkv * total_c * cfg->cmp_mlp_hidden);
@@ -530,8 +595,8 @@ static nsa_status run_alloc(backward_run *run, int need_record, int32_t workers)
 
     int64_t items = prepare_items(run, NULL);
     int64_t (*const counts[])(const backward_run *, backward_item *) = {
-        forward_items, invert_items, query_items, key_items, hidden_items,
-        input_and_param_items};
+        forward_items, forward_selected_items, invert_items, query_items, key_items,
+        hidden_items, input_and_param_items};
     for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
         const int64_t count = counts[i](run, NULL);
         items = items > count ? items : count;
@@ -651,8 +716,10 @@ nsa_status nsa_backward(const nsa_plan *plan, const nsa_batch *batch, const floa
                         (long long)batch->total_tokens);
     }
     run_items(&run, prepare_items, 0);
-    if (saved == NULL)
+    if (saved == NULL) {
         run_items(&run, forward_items, 0);
+        run_items(&run, forward_selected_items, 0);
+    }
     run_items(&run, invert_items, 0);
     run_items(&run, query_items, 1);
     run_items(&run, key_items, 1);

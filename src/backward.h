@@ -48,6 +48,7 @@ typedef struct backward_run {
      * panel and selection block; entry [B] is the total. */
     int64_t *c_offset, *p_offset, *cp_offset, *b_offset;
     float *kp, *vp;   /* raw key and value panels */
+    float *kr;        /* raw key rows per head [Hkv][T][Dk], for dq += dS K */
     float *kc, *vc;   /* compressed rows */
     float *kcp, *vcp; /* compressed panels */
     float *dkc, *dvc; /* gradients of the compressed rows */
@@ -81,6 +82,14 @@ static inline float *backward_panels(const backward_run *run, float *base, const
 {
     const int64_t B = run->call.batch->num_seqs;
     return base + (size_t)((h * offset[B] + offset[b]) * dim * 16);
+}
+
+/* The key rows of sequence b and KV head h, contiguous (stride Dk). */
+static inline float *backward_key_rows(const backward_run *run, int64_t b, int64_t h)
+{
+    const int64_t T = run->call.batch->total_tokens;
+    return run->kr + (size_t)((h * T + run->call.batch->cu_seqlens[b]) *
+                              run->call.plan->cfg.head_dim_qk);
 }
 
 /* ------------------------------------------------------------ query side */

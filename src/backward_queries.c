@@ -252,9 +252,8 @@ static void raw_keys(const backward_run *run, tile_view *v)
     const nsa_config *cfg = &run->call.plan->cfg;
     v->kp = backward_panels(run, run->kp, run->p_offset, v->seq, v->head, cfg->head_dim_qk);
     v->vp = backward_panels(run, run->vp, run->p_offset, v->seq, v->head, cfg->head_dim_v);
-    v->ldk = (size_t)(cfg->num_kv_heads * cfg->head_dim_qk);
-    v->k = run->call.k + (size_t)(v->start * cfg->num_kv_heads + v->head) *
-                             (size_t)cfg->head_dim_qk;
+    v->ldk = (size_t)cfg->head_dim_qk;
+    v->k = backward_key_rows(run, v->seq, v->head);
 }
 
 static void selected_branch(const backward_run *run, tile_view *v, queries_scratch *t)
