@@ -61,9 +61,13 @@ static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_k
                keys->ldv, state->acc, state->ldacc);
         return;
     }
-    for (int64_t j = 0; j < count; j++)
-        uk->cvt_bf16(rows->dv, keys->v16 + (size_t)(key + j) * keys->ldv,
-                     keys->convert + (size_t)j * rows->dv);
+    if (keys->ldv == rows->dv) /* consecutive rows: one conversion */
+        uk->cvt_bf16((size_t)count * rows->dv, keys->v16 + (size_t)key * keys->ldv,
+                     keys->convert);
+    else
+        for (int64_t j = 0; j < count; j++)
+            uk->cvt_bf16(rows->dv, keys->v16 + (size_t)(key + j) * keys->ldv,
+                         keys->convert + (size_t)j * rows->dv);
     uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->convert, rows->dv, state->acc,
            state->ldacc);
 }

@@ -11,6 +11,7 @@
 
 #include "context.h"
 #include "cpu_features.h"
+#include "workspace.h"
 
 void nsa_context_options_init(nsa_context_options *opts)
 {
@@ -83,9 +84,15 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
         free(c);
         return NSA_ERROR_SYSTEM;
     }
+    if (pthread_mutex_init(&c->workspace_lock, NULL) != 0) {
+        pthread_mutex_destroy(&c->error_lock);
+        free(c);
+        return NSA_ERROR_SYSTEM;
+    }
     if (hwloc_topology_init(&c->topology) != 0 || hwloc_topology_load(c->topology) != 0) {
         if (c->topology != NULL)
             hwloc_topology_destroy(c->topology);
+        pthread_mutex_destroy(&c->workspace_lock);
         pthread_mutex_destroy(&c->error_lock);
         free(c);
         return NSA_ERROR_SYSTEM;
@@ -118,6 +125,8 @@ void nsa_context_destroy(nsa_context *ctx)
         return;
     nsa_pool_destroy(ctx->pool);
     hwloc_topology_destroy(ctx->topology);
+    nsa_workspace_free_kept(ctx);
+    pthread_mutex_destroy(&ctx->workspace_lock);
     pthread_mutex_destroy(&ctx->error_lock);
     free(ctx);
 }

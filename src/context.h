@@ -26,6 +26,10 @@ struct nsa_context {
     /* Guards last_error: several threads may fail on one context at once. */
     pthread_mutex_t error_lock;
     char last_error[NSA_ERROR_MESSAGE_SIZE];
+    /* The scratch short repeated calls keep (workspace.h). */
+    pthread_mutex_t workspace_lock;
+    void *workspace;
+    size_t workspace_bytes;
 };
 
 /* Records a printf-style message on ctx (which may be NULL) and returns

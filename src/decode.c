@@ -6,8 +6,6 @@
  * caller's tensors, so decode runs the same code and the same kernels as
  * nsa_forward and gives the same numbers.
  */
-#include <stdlib.h>
-#include <string.h>
 
 #include "cache.h"
 #include "checked.h"
@@ -15,6 +13,7 @@
 #include "geometry.h"
 #include "threads.h"
 #include "tile.h"
+#include "workspace.h"
 
 typedef struct decode_item {
     int64_t seq, head, first, count; /* queries [first, first + count) of seq */
@@ -30,8 +29,8 @@ typedef struct decode_run {
     int64_t tile_queries, max_len;
     decode_item *items;
     nsa_work_queue queue;
-    float **scratch; /* per worker: tile scratch, then bf16 conversion scratch */
-    size_t tile_floats;
+    float *scratch; /* per worker: tile scratch, then bf16 conversion scratch */
+    size_t tile_floats, worker_floats;
 } decode_run;
 
 static nsa_status check_cache(const nsa_plan *plan, const nsa_cache *cache, int64_t b)
@@ -150,11 +149,11 @@ static nsa_tile make_tile(const decode_run *run, const decode_item *it, float *c
 static void decode_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     decode_run *run = arg;
-    float *convert = run->scratch[worker] + run->tile_floats;
+    float *scratch = run->scratch + (size_t)worker * run->worker_floats;
     (void)num_workers;
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        const nsa_tile tile = make_tile(run, &run->items[i], convert);
-        nsa_tile_attend(run->plan, &tile, run->tile_queries, run->max_len, run->scratch[worker]);
+        const nsa_tile tile = make_tile(run, &run->items[i], scratch + run->tile_floats);
+        nsa_tile_attend(run->plan, &tile, run->tile_queries, run->max_len, scratch);
     }
 }
 
@@ -167,15 +166,6 @@ static nsa_status decode_split(decode_run *run, int64_t num_seqs, int64_t items)
     for (int64_t i = 0; i < items; i++)
         tiles[i] = make_tile(run, &list[i], NULL);
     return nsa_decode_split(run->plan, tiles, items, run->max_len);
-}
-
-static void run_free(decode_run *run, int32_t workers)
-{
-    if (run->scratch != NULL)
-        for (int32_t w = 0; w < workers; w++)
-            free(run->scratch[w]);
-    free(run->scratch);
-    free(run->items);
 }
 
 nsa_status nsa_decode(const nsa_plan *plan, int64_t num_seqs, const nsa_cache *const *caches,
@@ -197,24 +187,23 @@ nsa_status nsa_decode(const nsa_plan *plan, int64_t num_seqs, const nsa_cache *c
         return decode_split(&run, num_seqs, items);
 
     nsa_context *ctx = plan->ctx;
-    const int32_t workers = ctx->num_threads;
     const nsa_config *cfg = &plan->cfg;
     run.tile_floats = nsa_tile_scratch_floats(plan, run.tile_queries, run.max_len);
-    const size_t floats = run.tile_floats + nsa_attend_convert_floats((size_t)cfg->head_dim_qk,
-                                                                      (size_t)cfg->head_dim_v);
-    run.items = malloc((size_t)items * sizeof *run.items);
-    run.scratch = calloc((size_t)workers, sizeof *run.scratch);
-    status = run.items != NULL && run.scratch != NULL ? NSA_SUCCESS : NSA_ERROR_OUT_OF_MEMORY;
-    for (int32_t w = 0; status == NSA_SUCCESS && w < workers; w++)
-        if ((run.scratch[w] = malloc(floats * sizeof(float))) == NULL)
-            status = NSA_ERROR_OUT_OF_MEMORY;
-    if (status != NSA_SUCCESS) {
-        run_free(&run, workers);
-        return nsa_fail(ctx, status, "no memory for the decode workspace");
-    }
+    run.worker_floats = (run.tile_floats + nsa_attend_convert_floats((size_t)cfg->head_dim_qk,
+                                                                     (size_t)cfg->head_dim_v) +
+                         15) & ~(size_t)15;
+    nsa_carver layout = {0};
+    nsa_carve(&layout, (size_t)items * sizeof *run.items);
+    nsa_carve(&layout, (size_t)ctx->num_threads * run.worker_floats * sizeof(float));
+    nsa_workspace ws;
+    if (nsa_workspace_acquire(ctx, layout.used, &ws) != NSA_SUCCESS)
+        return nsa_fail(ctx, NSA_ERROR_OUT_OF_MEMORY, "no memory for the decode workspace");
+    layout = (nsa_carver){.base = ws.data};
+    run.items = nsa_carve(&layout, (size_t)items * sizeof *run.items);
+    run.scratch = nsa_carve(&layout, (size_t)ctx->num_threads * run.worker_floats * sizeof(float));
     decode_items(&run, num_seqs, run.items);
     nsa_work_queue_init(&run.queue, items);
-    nsa_pool_run(ctx->pool, decode_worker, &run);
-    run_free(&run, workers);
+    nsa_pool_run_eager(ctx->pool, decode_worker, &run);
+    nsa_workspace_release(ctx, &ws);
     return NSA_SUCCESS;
 }

@@ -9,8 +9,16 @@
  * partial states are merged by their log-sum-exp in unit order. The units
  * do not depend on the number of workers, so neither do the results.
  *
- * Four pool runs, each a barrier: compressed units; merge and select per
- * tile; selected and window units; merge and gate per tile.
+ * A step is short (tens of microseconds), so it is one eager pool run with
+ * no barrier: a fixed list of items — every tile's compressed and window
+ * units, then per tile its selection, slots for its selected blocks, and
+ * its gate — is handed out in order, and an item that needs earlier ones
+ * (the selection needs the tile's compressed units; the selected blocks
+ * need the selection; the gate needs them all) waits on the tile's
+ * counters. Items are taken in order and only wait on earlier items, so
+ * some worker always makes progress; workers that wake late find the list
+ * empty. The buffers live in the context's kept workspace: repeated steps
+ * neither allocate nor fault pages.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -19,6 +27,7 @@
 #include "decode_split.h"
 #include "geometry.h"
 #include "threads.h"
+#include "workspace.h"
 
 enum { CMP, SLC, SWA }; /* branches */
 
@@ -36,20 +45,35 @@ typedef struct split_tile {
     float *q;  /* [m][Dk] packed rows */
     float *s;  /* [m][lds] compressed probabilities */
     size_t lds;
-    int32_t *blocks; /* [count][n] */
+    float *factor;         /* [m][units of a branch]: merge weights */
+    int32_t *blocks;       /* [count][n] chosen by each query */
+    int32_t *union_blocks; /* [count * n] their union */
     int64_t units[3], unit_count[3]; /* each branch's first unit and count */
+    int64_t slots;                   /* selected-block slots: >= unit_count[SLC] */
     nsa_softmax_state merged[3];
+    /* Items still to finish before the next step of the tile may start. */
+    atomic_int_fast64_t cmp_left;    /* compressed units: then select */
+    atomic_int_fast64_t select_left; /* the selection: then selected blocks */
+    atomic_int_fast64_t raw_left;    /* window units and slots: then gate */
 } split_tile;
+
+enum { ITEM_UNIT, ITEM_SELECT, ITEM_SLOT, ITEM_GATE };
+
+typedef struct split_item {
+    int kind;
+    int64_t tile;
+    int64_t index; /* ITEM_UNIT: the unit; ITEM_SLOT: the slot of the tile */
+} split_item;
 
 typedef struct split_run {
     const nsa_plan *plan;
     split_tile *tiles;
     int64_t num_tiles;
     split_unit *units;
-    int64_t *phase;  /* indices into units of the current phase's units */
-    int32_t *union_blocks; /* scratch: the union of one tile's blocks */
+    split_item *items;
     nsa_work_queue queue;
-    float **scratch; /* per worker */
+    char *scratch; /* per worker: scratch_bytes each */
+    size_t scratch_bytes;
     int64_t max_len;
 } split_run;
 
@@ -58,49 +82,36 @@ static int64_t ceil_div(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-static size_t state_floats(size_t m, size_t dv)
-{
-    return m * (dv + 2);
-}
-
-static nsa_softmax_state carve_state(float **f, size_t m, size_t dv)
-{
-    nsa_softmax_state s = {.max = *f, .sum = *f + m, .acc = *f + 2 * m, .ldacc = dv};
-    *f += state_floats(m, dv);
-    return s;
-}
-
 /* Worker scratch: a chunk of scores, row limits, bf16 conversion, and the
- * selection's per-token and per-block sums. */
+ * selection's per-token and per-block sums and row weights. */
 typedef struct worker_scratch {
-    float *s, *convert, *p_sum, *score;
+    float *s, *convert, *p_sum, *score, *weight;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
 } worker_scratch;
 
-static size_t worker_scratch_carve(const split_run *run, float *f, worker_scratch *w)
+/* Lays out one worker's scratch from base (NULL: only sizes it); returns
+ * its bytes. */
+static size_t worker_scratch_carve(const split_run *run, char *base, worker_scratch *w)
 {
     const nsa_config *cfg = &run->plan->cfg;
     const size_t m = (size_t)(nsa_tile_queries(run->plan, 0) * run->plan->group_size);
-    const size_t floats[] = {
-        m * NSA_ATTEND_CHUNK,
-        nsa_attend_convert_floats((size_t)cfg->head_dim_qk, (size_t)cfg->head_dim_v),
-        (size_t)nsa_num_compressed(cfg, run->max_len) + 1,
-        (size_t)nsa_num_blocks(cfg, run->max_len) + 1,
-        m, m, 2 * m, 2 * m, /* int32 x2, int64 x2 (an int64 takes two floats) */
-    };
-    size_t used = 0;
-    void *parts[8];
-    for (size_t i = 0; i < 8; i++) {
-        used += used % 2;
-        parts[i] = f != NULL ? (void *)(f + used) : NULL;
-        used += floats[i];
-    }
+    nsa_carver c = {.base = base};
+    worker_scratch ws;
+    ws.s = nsa_carve(&c, m * NSA_ATTEND_CHUNK * sizeof(float));
+    ws.convert = nsa_carve(&c, nsa_attend_convert_floats((size_t)cfg->head_dim_qk,
+                                                         (size_t)cfg->head_dim_v) *
+                                   sizeof(float));
+    ws.p_sum = nsa_carve(&c, (size_t)(nsa_num_compressed(cfg, run->max_len) + 1) * sizeof(float));
+    ws.score = nsa_carve(&c, (size_t)(nsa_num_blocks(cfg, run->max_len) + 1) * sizeof(float));
+    ws.weight = nsa_carve(&c, (size_t)run->plan->group_size * sizeof(float));
+    ws.lo = nsa_carve(&c, m * sizeof(int32_t));
+    ws.hi = nsa_carve(&c, m * sizeof(int32_t));
+    ws.row_first = nsa_carve(&c, m * sizeof(int64_t));
+    ws.row_last = nsa_carve(&c, m * sizeof(int64_t));
     if (w != NULL)
-        *w = (worker_scratch){.s = parts[0], .convert = parts[1], .p_sum = parts[2],
-                              .score = parts[3], .lo = parts[4], .hi = parts[5],
-                              .row_first = parts[6], .row_last = parts[7]};
-    return used;
+        *w = ws;
+    return c.used;
 }
 
 static nsa_rows tile_rows(const split_run *run, const split_tile *t)
@@ -149,93 +160,150 @@ static void raw_unit(const split_run *run, const split_unit *u, worker_scratch *
                     w->row_last, &u->state, w->s, w->lo, w->hi);
 }
 
-static void units_worker(void *arg, int32_t worker, int32_t num_workers)
+static void run_unit(const split_run *run, const split_unit *u, worker_scratch *w)
 {
-    split_run *run = arg;
-    worker_scratch w;
-    worker_scratch_carve(run, run->scratch[worker], &w);
-    (void)num_workers;
-    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        const split_unit *u = &run->units[run->phase[i]];
-        nsa_softmax_state_reset(&u->state, run->tiles[u->tile].m,
-                                (size_t)run->plan->cfg.head_dim_v);
-        if (u->branch == CMP)
-            compressed_unit(run, u, &w);
-        else
-            raw_unit(run, u, &w);
-    }
+    nsa_softmax_state_reset(&u->state, run->tiles[u->tile].m, (size_t)run->plan->cfg.head_dim_v);
+    if (u->branch == CMP)
+        compressed_unit(run, u, w);
+    else
+        raw_unit(run, u, w);
 }
 
 /* ------------------------------------------------------ tiles: merging -- */
 
-/* merged = the log-sum-exp merge of the branch's units, in unit order.
- * With rescale_s, the compressed probabilities each unit left in the
- * tile's s are brought to the merged maximum too. */
-static void merge_units(const split_run *run, split_tile *t, int branch, int rescale_s)
+/* merged = the log-sum-exp merge of the branch's units, in unit order;
+ * leaves row r's unit weights exp(max_unit - max) in factor[r][unit]. The
+ * units' accumulators lie [unit][m][dv], so row r of the merge is one pool
+ * (a weighted sum of rows) over the units. */
+static void merge_units(const split_run *run, split_tile *t, int branch)
 {
-    const size_t dv = (size_t)run->plan->cfg.head_dim_v;
+    const size_t dv = (size_t)run->plan->cfg.head_dim_v, m = t->m;
     const nsa_softmax_state *out = &t->merged[branch];
-    nsa_softmax_state_reset(out, t->m, dv);
     const split_unit *units = run->units + t->units[branch];
-    for (int64_t i = 0; i < t->unit_count[branch]; i++)
-        for (size_t r = 0; r < t->m; r++)
-            out->max[r] = fmaxf(out->max[r], units[i].state.max[r]);
-    for (int64_t i = 0; i < t->unit_count[branch]; i++) {
-        const split_unit *u = &units[i];
-        for (size_t r = 0; r < t->m; r++) {
-            const float f = u->state.max[r] == -INFINITY ? 0.0f
-                                                         : expf(u->state.max[r] - out->max[r]);
-            out->sum[r] += f * u->state.sum[r];
-            for (size_t c = 0; c < dv; c++)
-                out->acc[r * dv + c] += f * u->state.acc[r * dv + c];
-            if (rescale_s)
-                for (int64_t j = u->first; j <= u->last; j++)
-                    t->s[r * t->lds + (size_t)j] *= f;
+    const int64_t count = t->unit_count[branch];
+    if (count == 0) {
+        nsa_softmax_state_reset(out, m, dv);
+        return;
+    }
+    for (size_t r = 0; r < m; r++) {
+        float max = -INFINITY, sum = 0.0f, *f = t->factor + r * (size_t)count;
+        for (int64_t u = 0; u < count; u++)
+            max = fmaxf(max, units[u].state.max[r]);
+        for (int64_t u = 0; u < count; u++) {
+            const float unit_max = units[u].state.max[r];
+            f[u] = unit_max == -INFINITY ? 0.0f : expf(unit_max - max);
+            sum += f[u] * units[u].state.sum[r];
         }
+        out->max[r] = max;
+        out->sum[r] = sum;
+        run->plan->kernels.pool((size_t)count, dv, f, units[0].state.acc + r * dv, m * dv,
+                                out->acc + r * dv);
     }
 }
 
-static void select_worker(void *arg, int32_t worker, int32_t num_workers)
+/* p_sum for query tq of tile t (spec Eq. 9's sum over the group's heads of
+ * the normalised compressed probabilities): per unit, the G rows' scores
+ * weighted by their merge factor over their total, with one pool. */
+static void head_sum(const split_run *run, const split_tile *t, int64_t tq, float *weight,
+                     float *p_sum)
 {
-    split_run *run = arg;
     const nsa_plan *plan = run->plan;
-    const int64_t n = plan->cfg.sel_count, g = plan->group_size;
-    worker_scratch w;
-    worker_scratch_carve(run, run->scratch[worker], &w);
-    (void)num_workers;
-    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        split_tile *t = &run->tiles[i];
-        merge_units(run, t, CMP, 1);
-        for (int64_t tq = 0; tq < t->tile.count; tq++) {
-            int32_t *blocks = t->blocks + tq * n;
-            nsa_choose_blocks(plan, t->tile.first + tq, t->tile.len,
-                              t->s + (size_t)(tq * g) * t->lds, t->lds,
-                              t->merged[CMP].sum + tq * g, w.p_sum, w.score, blocks);
-            if (t->tile.indices_out != NULL)
-                memcpy(t->tile.indices_out + (size_t)tq * t->tile.index_stride, blocks,
-                       (size_t)n * sizeof *blocks);
+    const int64_t g = plan->group_size, count = t->unit_count[CMP];
+    const int64_t nc = nsa_visible_compressed(&plan->cfg, t->tile.first + tq, t->tile.len);
+    const split_unit *units = run->units + t->units[CMP];
+    for (int64_t u = 0; u < count && units[u].first < nc; u++) {
+        for (int64_t r = 0; r < g; r++) {
+            const size_t row = (size_t)(tq * g + r);
+            const float total = t->merged[CMP].sum[row];
+            weight[r] = total > 0.0f ? t->factor[row * (size_t)count + (size_t)u] / total : 0.0f;
         }
+        const int64_t first = units[u].first, last = units[u].last < nc ? units[u].last : nc - 1;
+        plan->kernels.pool((size_t)g, (size_t)(last - first + 1), weight,
+                           t->s + (size_t)(tq * g) * t->lds + first, t->lds, p_sum + first);
     }
 }
 
-static void gate_worker(void *arg, int32_t worker, int32_t num_workers)
+/* Appends a branch's units for tile t, covering keys [first, last] in runs
+ * of `step` (runs start on multiples of step from first). */
+static void add_units(split_run *run, split_tile *t, int branch, int64_t first, int64_t last,
+                      int64_t step)
 {
-    split_run *run = arg;
+    for (int64_t a = first; a <= last; a += step) {
+        split_unit *u = &run->units[t->units[branch] + t->unit_count[branch]++];
+        u->tile = t - run->tiles;
+        u->branch = branch;
+        u->first = a;
+        u->last = a + step - 1 < last ? a + step - 1 : last;
+    }
+}
+
+/* Merges the tile's compressed units, chooses every query's blocks and
+ * lists the selected units (one per block of their union). */
+static void select_tile(split_run *run, split_tile *t, worker_scratch *w)
+{
+    const nsa_plan *plan = run->plan;
+    const int64_t n = plan->cfg.sel_count, l = plan->cfg.sel_block;
+    merge_units(run, t, CMP);
+    for (int64_t tq = 0; tq < t->tile.count; tq++) {
+        int32_t *blocks = t->blocks + tq * n;
+        head_sum(run, t, tq, w->weight, w->p_sum);
+        nsa_choose_from_sum(plan, t->tile.first + tq, t->tile.len, w->p_sum, w->score, blocks);
+        if (t->tile.indices_out != NULL)
+            memcpy(t->tile.indices_out + (size_t)tq * t->tile.index_stride, blocks,
+                   (size_t)n * sizeof *blocks);
+    }
+    const int64_t chosen = nsa_union_blocks(plan, t->tile.count, t->blocks, t->union_blocks);
+    for (int64_t b = 0; b < chosen; b++)
+        add_units(run, t, SLC, t->union_blocks[b] * l, t->union_blocks[b] * l + l - 1, l);
+}
+
+static void gate_tile(const split_run *run, split_tile *t)
+{
     const nsa_plan *plan = run->plan;
     const size_t g = (size_t)plan->group_size, dv = (size_t)plan->cfg.head_dim_v;
-    (void)worker;
+    merge_units(run, t, SLC);
+    merge_units(run, t, SWA);
+    const nsa_softmax_state *s = t->merged;
+    for (int64_t tq = 0; tq < t->tile.count; tq++) {
+        const size_t r = (size_t)tq * g;
+        plan->kernels.gate_mix(g, dv, t->tile.gates + (size_t)tq * t->tile.gates_stride,
+                               s[CMP].acc + r * dv, s[CMP].sum + r, s[SLC].acc + r * dv,
+                               s[SLC].sum + r, s[SWA].acc + r * dv, s[SWA].sum + r, dv,
+                               t->tile.out + (size_t)tq * t->tile.out_stride);
+    }
+}
+
+static void split_worker(void *arg, int32_t worker, int32_t num_workers)
+{
+    split_run *run = arg;
+    worker_scratch w;
+    worker_scratch_carve(run, run->scratch + (size_t)worker * run->scratch_bytes, &w);
     (void)num_workers;
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        split_tile *t = &run->tiles[i];
-        merge_units(run, t, SLC, 0);
-        merge_units(run, t, SWA, 0);
-        const nsa_softmax_state *s = t->merged;
-        for (int64_t tq = 0; tq < t->tile.count; tq++) {
-            const size_t r = (size_t)tq * g;
-            plan->kernels.gate_mix(g, dv, t->tile.gates + (size_t)tq * t->tile.gates_stride,
-                                   s[CMP].acc + r * dv, s[CMP].sum + r, s[SLC].acc + r * dv,
-                                   s[SLC].sum + r, s[SWA].acc + r * dv, s[SWA].sum + r, dv,
-                                   t->tile.out + (size_t)tq * t->tile.out_stride);
+        const split_item *it = &run->items[i];
+        split_tile *t = &run->tiles[it->tile];
+        switch (it->kind) {
+        case ITEM_UNIT: {
+            const split_unit *u = &run->units[it->index];
+            run_unit(run, u, &w);
+            nsa_count_down(u->branch == CMP ? &t->cmp_left : &t->raw_left);
+            break;
+        }
+        case ITEM_SELECT:
+            nsa_wait_zero(&t->cmp_left);
+            select_tile(run, t, &w);
+            nsa_count_down(&t->select_left);
+            break;
+        case ITEM_SLOT:
+            nsa_wait_zero(&t->select_left);
+            if (it->index < t->unit_count[SLC])
+                run_unit(run, &run->units[t->units[SLC] + it->index], &w);
+            nsa_count_down(&t->raw_left);
+            break;
+        default:
+            nsa_wait_zero(&t->raw_left);
+            gate_tile(run, t);
+            break;
         }
     }
 }
@@ -246,136 +314,124 @@ static void gate_worker(void *arg, int32_t worker, int32_t num_workers)
 static void unit_bounds(const nsa_plan *plan, const nsa_tile *tile, int64_t bounds[3])
 {
     const nsa_config *cfg = &plan->cfg;
+    const int64_t blocks = nsa_num_blocks(cfg, tile->len);
     bounds[CMP] = ceil_div(nsa_num_compressed(cfg, tile->len), NSA_SPLIT_CMP_KEYS);
-    bounds[SLC] = tile->count * cfg->sel_count;
+    bounds[SLC] = tile->count * cfg->sel_count < blocks ? tile->count * cfg->sel_count : blocks;
     bounds[SWA] = ceil_div(cfg->window + tile->count + NSA_PANEL, NSA_ATTEND_CHUNK) + 1;
 }
 
-/* Appends a branch's units for tile i, covering keys [first, last] in runs
- * of `step` (runs start on multiples of step from first). */
-static void add_units(split_run *run, int64_t i, int branch, int64_t first, int64_t last,
-                      int64_t step)
+/* Lays out every buffer of the run from base (with base NULL, only adds up
+ * the bytes, which it returns) and copies the tiles in. */
+static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t workers)
 {
-    split_tile *t = &run->tiles[i];
-    for (int64_t a = first; a <= last; a += step) {
-        split_unit *u = &run->units[t->units[branch] + t->unit_count[branch]++];
-        u->tile = i;
-        u->branch = branch;
-        u->first = a;
-        u->last = a + step - 1 < last ? a + step - 1 : last;
-    }
-}
-
-/* Lists the units of the given branches of every tile in run->phase;
- * returns how many. */
-static int64_t list_units(split_run *run, int first_branch, int last_branch)
-{
-    int64_t n = 0;
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int b = first_branch; b <= last_branch; b++)
-            for (int64_t u = 0; u < run->tiles[i].unit_count[b]; u++)
-                run->phase[n++] = run->tiles[i].units[b] + u;
-    return n;
-}
-
-/* The compressed units of tile i: every compressed key its last query sees. */
-static void compressed_units(split_run *run, int64_t i)
-{
-    const nsa_tile *tile = &run->tiles[i].tile;
-    const int64_t visible =
-        nsa_visible_compressed(&run->plan->cfg, tile->first + tile->count - 1, tile->len);
-    if (visible > 0)
-        add_units(run, i, CMP, 0, visible - 1, NSA_SPLIT_CMP_KEYS);
-}
-
-/* The selected and window units of tile i, once its blocks are chosen;
- * blocks is scratch for count * n ints. */
-static void raw_units(split_run *run, int64_t i, int32_t *blocks)
-{
-    const nsa_config *cfg = &run->plan->cfg;
-    split_tile *t = &run->tiles[i];
-    const int64_t chosen = nsa_union_blocks(run->plan, t->tile.count, t->blocks, blocks);
-    for (int64_t b = 0; b < chosen; b++)
-        add_units(run, i, SLC, blocks[b] * cfg->sel_block,
-                  blocks[b] * cfg->sel_block + cfg->sel_block - 1, cfg->sel_block);
-    int64_t first = INT64_MAX, last = -1;
-    for (int64_t tq = 0; tq < t->tile.count; tq++) {
-        int64_t a, b;
-        nsa_window_range(cfg, t->tile.first + tq, t->tile.len, &a, &b);
-        first = a < first ? a : first;
-        last = b > last ? b : last;
-    }
-    add_units(run, i, SWA, first - first % NSA_PANEL, last, NSA_ATTEND_CHUNK);
-}
-
-static void run_free(split_run *run, int32_t workers)
-{
-    if (run->scratch != NULL)
-        for (int32_t w = 0; w < workers; w++)
-            free(run->scratch[w]);
-    free(run->scratch);
-    if (run->tiles != NULL && run->num_tiles > 0)
-        free(run->tiles[0].q); /* one block holds every tile's buffers */
-    free(run->tiles);
-    free(run->units);
-    free(run->phase);
-    free(run->union_blocks);
-}
-
-/* Allocates every buffer of the run before any output is written. */
-static nsa_status run_alloc(split_run *run, int32_t workers)
-{
-    const nsa_config *cfg = &run->plan->cfg;
+    const nsa_plan *plan = run->plan;
+    const nsa_config *cfg = &plan->cfg;
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
-    const size_t n = (size_t)cfg->sel_count;
-    size_t floats = 0, units = 0, most_queries = 0;
+    nsa_carver c = {.base = base};
+    size_t units = 0, items = 0;
     for (int64_t i = 0; i < run->num_tiles; i++) {
-        split_tile *t = &run->tiles[i];
         int64_t bounds[3];
-        unit_bounds(run->plan, &t->tile, bounds);
-        t->m = (size_t)(t->tile.count * run->plan->group_size);
-        if ((size_t)t->tile.count > most_queries)
-            most_queries = (size_t)t->tile.count;
-        t->lds = (size_t)ceil_div(nsa_num_compressed(cfg, t->tile.len) + 1, NSA_PANEL) * NSA_PANEL;
-        floats += t->m * dk + t->m * t->lds + (size_t)t->tile.count * n + 3 * state_floats(t->m, dv);
+        unit_bounds(plan, &tiles[i], bounds);
+        units += (size_t)(bounds[CMP] + bounds[SLC] + bounds[SWA]);
+        items += (size_t)(bounds[CMP] + bounds[SLC] + bounds[SWA]) + 2;
+    }
+    run->tiles = nsa_carve(&c, (size_t)run->num_tiles * sizeof *run->tiles);
+    run->units = nsa_carve(&c, units * sizeof *run->units);
+    run->items = nsa_carve(&c, items * sizeof *run->items);
+    run->scratch_bytes = worker_scratch_carve(run, NULL, NULL);
+    run->scratch = nsa_carve(&c, (size_t)workers * run->scratch_bytes);
+    int64_t next_unit = 0;
+    for (int64_t i = 0; i < run->num_tiles; i++) {
+        int64_t bounds[3];
+        unit_bounds(plan, &tiles[i], bounds);
+        const size_t m = (size_t)(tiles[i].count * plan->group_size);
+        const size_t n = (size_t)(tiles[i].count * cfg->sel_count);
+        const size_t lds =
+            (size_t)ceil_div(nsa_num_compressed(cfg, tiles[i].len) + 1, NSA_PANEL) * NSA_PANEL;
+        int64_t most = 0; /* units of the branch with the most */
+        for (int b = 0; b < 3; b++)
+            most = bounds[b] > most ? bounds[b] : most;
+        float *q = nsa_carve(&c, m * dk * sizeof(float));
+        float *s = nsa_carve(&c, m * lds * sizeof(float));
+        float *factor = nsa_carve(&c, m * (size_t)most * sizeof(float));
+        int32_t *blocks = nsa_carve(&c, n * sizeof(int32_t));
+        int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
+        split_tile *t = base != NULL ? &run->tiles[i] : NULL;
+        if (t != NULL)
+            *t = (split_tile){.tile = tiles[i], .raw = tiles[i].raw,
+                              .compressed = tiles[i].compressed, .m = m, .q = q, .s = s,
+                              .lds = lds, .factor = factor, .blocks = blocks,
+                              .union_blocks = union_blocks, .slots = bounds[SLC]};
+        /* Per branch: the merged state, then the units' states with their
+         * maxima, sums and accumulators each in one array ([unit][m]...). */
         for (int b = 0; b < 3; b++) {
-            t->units[b] = (int64_t)units;
-            units += (size_t)bounds[b];
-            floats += (size_t)bounds[b] * state_floats(t->m, dv);
+            const size_t units_b = (size_t)bounds[b] + 1; /* + 1: the merged state */
+            float *max = nsa_carve(&c, units_b * m * sizeof(float));
+            float *sum = nsa_carve(&c, units_b * m * sizeof(float));
+            float *acc = nsa_carve(&c, units_b * m * dv * sizeof(float));
+            if (t == NULL)
+                continue;
+            t->units[b] = next_unit;
+            for (size_t u = 0; u < units_b; u++) {
+                const nsa_softmax_state state = {.max = max + u * m, .sum = sum + u * m,
+                                                 .acc = acc + u * m * dv, .ldacc = dv};
+                if (u + 1 == units_b)
+                    t->merged[b] = state;
+                else
+                    run->units[next_unit + (int64_t)u].state = state;
+            }
+            next_unit += bounds[b];
         }
     }
-    float *block = malloc((floats + 1) * sizeof(float));
-    run->units = calloc(units + 1, sizeof *run->units);
-    run->phase = malloc((units + 1) * sizeof *run->phase);
-    run->union_blocks = malloc((most_queries * n + 1) * sizeof *run->union_blocks);
-    run->scratch = calloc((size_t)workers, sizeof *run->scratch);
-    if (block == NULL || run->units == NULL || run->phase == NULL ||
-        run->union_blocks == NULL || run->scratch == NULL) {
-        free(block);
-        return NSA_ERROR_OUT_OF_MEMORY;
-    }
-    float *f = block;
+    return c.used;
+}
+
+/* Packs each tile's queries, lists its compressed and window units, sets
+ * its counters, and writes the run's items; returns how many. */
+static int64_t list_items(split_run *run)
+{
+    const nsa_plan *plan = run->plan;
+    const nsa_config *cfg = &plan->cfg;
+    const size_t row_floats = (size_t)(plan->group_size * cfg->head_dim_qk);
     for (int64_t i = 0; i < run->num_tiles; i++) {
         split_tile *t = &run->tiles[i];
-        t->q = f;
-        f += t->m * dk;
-        t->s = f;
-        f += t->m * t->lds;
-        t->blocks = (int32_t *)f;
-        f += (size_t)t->tile.count * n;
-        for (int b = 0; b < 3; b++) {
-            t->merged[b] = carve_state(&f, t->m, dv);
-            int64_t bounds[3];
-            unit_bounds(run->plan, &t->tile, bounds);
-            for (int64_t u = 0; u < bounds[b]; u++)
-                run->units[t->units[b] + u].state = carve_state(&f, t->m, dv);
+        const nsa_tile *tile = &t->tile;
+        for (int64_t tq = 0; tq < tile->count; tq++)
+            memcpy(t->q + (size_t)tq * row_floats, tile->q + (size_t)tq * tile->q_stride,
+                   row_floats * sizeof(float));
+        const int64_t visible =
+            nsa_visible_compressed(cfg, tile->first + tile->count - 1, tile->len);
+        if (visible > 0)
+            add_units(run, t, CMP, 0, visible - 1, NSA_SPLIT_CMP_KEYS);
+        int64_t first = INT64_MAX, last = -1;
+        for (int64_t tq = 0; tq < tile->count; tq++) {
+            int64_t a, b;
+            nsa_window_range(cfg, tile->first + tq, tile->len, &a, &b);
+            first = a < first ? a : first;
+            last = b > last ? b : last;
         }
+        add_units(run, t, SWA, first - first % NSA_PANEL, last, NSA_ATTEND_CHUNK);
+        atomic_init(&t->cmp_left, t->unit_count[CMP]);
+        atomic_init(&t->select_left, 1);
+        atomic_init(&t->raw_left, t->unit_count[SWA] + t->slots);
     }
-    const size_t scratch = worker_scratch_carve(run, NULL, NULL);
-    for (int32_t w = 0; w < workers; w++)
-        if ((run->scratch[w] = malloc(scratch * sizeof(float))) == NULL)
-            return NSA_ERROR_OUT_OF_MEMORY;
-    return NSA_SUCCESS;
+    int64_t n = 0;
+    const int first_branches[2] = {CMP, SWA}; /* the longest units first */
+    for (int k = 0; k < 2; k++)
+        for (int64_t i = 0; i < run->num_tiles; i++) {
+            const split_tile *t = &run->tiles[i];
+            for (int64_t u = 0; u < t->unit_count[first_branches[k]]; u++)
+                run->items[n++] =
+                    (split_item){ITEM_UNIT, i, t->units[first_branches[k]] + u};
+        }
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        run->items[n++] = (split_item){ITEM_SELECT, i, 0};
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        for (int64_t k = 0; k < run->tiles[i].slots; k++)
+            run->items[n++] = (split_item){ITEM_SLOT, i, k};
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        run->items[n++] = (split_item){ITEM_GATE, i, 0};
+    return n;
 }
 
 nsa_status nsa_decode_split(const nsa_plan *plan, const nsa_tile *tiles, int64_t num_tiles,
@@ -383,39 +439,15 @@ nsa_status nsa_decode_split(const nsa_plan *plan, const nsa_tile *tiles, int64_t
 {
     nsa_context *ctx = plan->ctx;
     const int32_t workers = ctx->num_threads;
-    const size_t row_floats = (size_t)(plan->group_size * plan->cfg.head_dim_qk);
     split_run run = {.plan = plan, .num_tiles = num_tiles, .max_len = max_len};
-    run.tiles = calloc((size_t)num_tiles, sizeof *run.tiles);
-    nsa_status status = run.tiles != NULL ? NSA_SUCCESS : NSA_ERROR_OUT_OF_MEMORY;
-    for (int64_t i = 0; status == NSA_SUCCESS && i < num_tiles; i++)
-        run.tiles[i].tile = tiles[i];
-    if (status == NSA_SUCCESS)
-        status = run_alloc(&run, workers);
-    if (status != NSA_SUCCESS) {
-        run_free(&run, workers);
-        return nsa_fail(ctx, status, "no memory for the split decode workspace");
-    }
-
-    for (int64_t i = 0; i < num_tiles; i++) {
-        split_tile *t = &run.tiles[i];
-        t->raw = t->tile.raw;
-        t->compressed = t->tile.compressed;
-        for (int64_t tq = 0; tq < t->tile.count; tq++)
-            memcpy(t->q + (size_t)tq * row_floats, t->tile.q + (size_t)tq * t->tile.q_stride,
-                   row_floats * sizeof(float));
-        compressed_units(&run, i);
-    }
-    nsa_work_queue_init(&run.queue, list_units(&run, CMP, CMP));
-    nsa_pool_run(ctx->pool, units_worker, &run);
-    nsa_work_queue_init(&run.queue, num_tiles);
-    nsa_pool_run(ctx->pool, select_worker, &run);
-
-    for (int64_t i = 0; i < num_tiles; i++)
-        raw_units(&run, i, run.union_blocks);
-    nsa_work_queue_init(&run.queue, list_units(&run, SLC, SWA));
-    nsa_pool_run(ctx->pool, units_worker, &run);
-    nsa_work_queue_init(&run.queue, num_tiles);
-    nsa_pool_run(ctx->pool, gate_worker, &run);
-    run_free(&run, workers);
+    const size_t bytes = layout(&run, tiles, NULL, workers);
+    nsa_workspace ws;
+    if (nsa_workspace_acquire(ctx, bytes, &ws) != NSA_SUCCESS)
+        return nsa_fail(ctx, NSA_ERROR_OUT_OF_MEMORY,
+                        "no memory for the split decode workspace (%zu bytes)", bytes);
+    layout(&run, tiles, ws.data, workers);
+    nsa_work_queue_init(&run.queue, list_items(&run));
+    nsa_pool_run_eager(ctx->pool, split_worker, &run);
+    nsa_workspace_release(ctx, &ws);
     return NSA_SUCCESS;
 }

@@ -22,8 +22,9 @@ typedef struct nsa_pool nsa_pool;
 typedef void (*nsa_pool_task)(void *arg, int32_t worker, int32_t num_workers);
 
 /* Starts num_threads - 1 threads (the caller is the last one). With bind,
- * worker i is bound to core i % cores with hwloc; worker 0 (the caller) is
- * never rebound. Errors: NSA_ERROR_OUT_OF_MEMORY, NSA_ERROR_SYSTEM. */
+ * worker i is bound to core i % cores with hwloc, and a caller found
+ * running on another core than core 0 is moved there for the call and
+ * then given its own binding back. Errors: NSA_ERROR_OUT_OF_MEMORY, NSA_ERROR_SYSTEM. */
 nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int bind,
                            nsa_pool **pool);
 void nsa_pool_destroy(nsa_pool *pool);
@@ -31,6 +32,13 @@ void nsa_pool_destroy(nsa_pool *pool);
 /* Runs fn on every worker and returns when all have finished. Calls from
  * several threads at once are serialised: each one uses the whole pool. */
 void nsa_pool_run(nsa_pool *pool, nsa_pool_task fn, void *arg);
+
+/* Like nsa_pool_run, for fn that take all their work from a shared queue:
+ * returns once the caller's fn has returned and every worker that joined
+ * has finished, without waiting for workers still waking up (they skip the
+ * call). Short calls (a decode step) then do not pay for the slowest
+ * wake-up; fn must not rely on every worker index taking part. */
+void nsa_pool_run_eager(nsa_pool *pool, nsa_pool_task fn, void *arg);
 
 /* A shared counter handing out work items 0, 1, 2, ... in order. Which
  * worker gets an item varies from run to run; results must not depend on it
@@ -51,6 +59,18 @@ static inline int64_t nsa_work_queue_take(nsa_work_queue *queue)
 {
     int64_t item = atomic_fetch_add_explicit(&queue->next, 1, memory_order_relaxed);
     return item < queue->count ? item : -1;
+}
+
+/* Waits until *count is 0 (read with acquire ordering), spinning at first
+ * and then yielding the CPU: for waits on other workers inside one call,
+ * which last microseconds. */
+void nsa_wait_zero(atomic_int_fast64_t *count);
+
+/* Lowers *count by one with release ordering: the writes made before are
+ * visible to whoever nsa_wait_zero sees it reach 0. */
+static inline void nsa_count_down(atomic_int_fast64_t *count)
+{
+    atomic_fetch_sub_explicit(count, 1, memory_order_release);
 }
 
 #endif /* NSA_THREADS_H */

@@ -107,8 +107,7 @@ static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, float *q)
 void nsa_choose_blocks(const nsa_plan *plan, int64_t pos, int64_t len, const float *p,
                        size_t ldp, const float *sum, float *p_sum, float *score, int32_t *blocks)
 {
-    const nsa_config *cfg = &plan->cfg;
-    const int64_t nc = nsa_visible_compressed(cfg, pos, len);
+    const int64_t nc = nsa_visible_compressed(&plan->cfg, pos, len);
     /* Row by row, so the inner loop runs along contiguous probabilities. */
     for (int64_t i = 0; i < nc; i++)
         p_sum[i] = 0.0f;
@@ -117,8 +116,15 @@ void nsa_choose_blocks(const nsa_plan *plan, int64_t pos, int64_t len, const flo
         for (int64_t i = 0; i < nc; i++)
             p_sum[i] += pr[i] * inv;
     }
+    nsa_choose_from_sum(plan, pos, len, p_sum, score, blocks);
+}
+
+void nsa_choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, const float *p_sum,
+                         float *score, int32_t *blocks)
+{
+    const nsa_config *cfg = &plan->cfg;
     const int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
-    nsa_block_scores(cfg, p_sum, nc, score, candidates);
+    nsa_block_scores(cfg, p_sum, nsa_visible_compressed(cfg, pos, len), score, candidates);
     nsa_select_blocks(cfg, score, candidates, pos / cfg->sel_block, blocks);
 }
 
