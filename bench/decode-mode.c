@@ -3,8 +3,9 @@
  * decode-mode.c — `nsa-bench decode`: one decode step (the newest token's
  * query against a KV cache of N tokens) with nsa_decode, against a dense
  * decode over the same cache built from the same kernels: the cache's keys
- * cut into one run per thread, each attended with nsa_attend_keys, the
- * partial softmax states merged by their log-sum-exp (flash-decoding). For
+ * cut into one run per thread, each attended with nsa_attend_keys on the
+ * library's own thread pool, the partial softmax states merged by their
+ * log-sum-exp (flash-decoding). For
  * fp32 and bf16 caches (--dtype to pick one), at --seqlen N or, with
  * --sweep, N = 4K .. 128K.
  *
@@ -22,6 +23,7 @@
 
 #include "bench.h"
 #include "cache.h"
+#include "context.h"
 #include "geometry.h"
 
 typedef struct decode_bench {
@@ -36,6 +38,7 @@ typedef struct decode_bench {
     float *pmax, *psum, *pacc, *convert, *s, *qbuf;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
+    nsa_work_queue parts;
     nsa_status last;
 } decode_bench;
 
@@ -48,7 +51,7 @@ static int body_nsa(void *arg)
     return d->last == NSA_SUCCESS ? 0 : -1;
 }
 
-/* Thread `index` of `count`: keys [N index / count, N (index + 1) / count)
+/* Part `index` of `count`: keys [N index / count, N (index + 1) / count)
  * of every KV head, into its own partial state. */
 static void dense_part(void *arg, int index, int count)
 {
@@ -81,13 +84,24 @@ static void dense_part(void *arg, int index, int count)
     }
 }
 
+/* On the library's own pool (the same threads, binding and polling as
+ * nsa_decode): workers take the parts from a queue. */
+static void dense_worker(void *arg, int32_t worker, int32_t num_workers)
+{
+    decode_bench *d = arg;
+    (void)worker;
+    (void)num_workers;
+    for (int64_t part; (part = nsa_work_queue_take(&d->parts)) >= 0;)
+        dense_part(d, (int)part, d->threads);
+}
+
 static int body_dense(void *arg)
 {
     decode_bench *d = arg;
     const nsa_config *cfg = &d->plan->cfg;
     const size_t rows = (size_t)cfg->num_q_heads, dv = (size_t)cfg->head_dim_v;
-    if (bench_parallel(d->threads, dense_part, d) != 0)
-        return -1;
+    nsa_work_queue_init(&d->parts, d->threads);
+    nsa_pool_run_eager(d->ctx->pool, dense_worker, d);
     for (size_t r = 0; r < rows; r++) { /* log-sum-exp merge of the threads' parts */
         float top = -INFINITY, sum = 0.0f;
         for (int t = 0; t < d->threads; t++)

@@ -129,16 +129,27 @@ typedef struct nsa_context_options {
     /* 1 = print one line per decision (kernel choice, thread count) to
      * stderr; 0 = silent; -1 = the NSA_VERBOSE environment variable. */
     int32_t verbose;
+    /* Microseconds (0 .. 1000000) an idle worker keeps polling for the next
+     * call before it sleeps, and a caller polls for its workers before it
+     * sleeps. Short calls that come back to back (decode steps) then skip
+     * the tens of microseconds a sleeping thread takes to wake; longer
+     * polling costs idle CPU time, and CPU time of other programs sharing
+     * the cores. -1 = the NSA_SPIN_US environment variable if set, else
+     * NSA_DEFAULT_SPIN_US. */
+    int32_t spin_us;
 } nsa_context_options;
 
+/* The spin_us of the default options. */
+#define NSA_DEFAULT_SPIN_US 100
+
 /* Fills opts with the defaults: num_threads = 0, bind_threads = 1,
- * max_isa = -1, verbose = -1. */
+ * max_isa = -1, verbose = -1, spin_us = -1. */
 NSA_API void nsa_context_options_init(nsa_context_options *opts);
 
 /* Creates a context. opts may be NULL for the defaults.
  * Errors: NSA_ERROR_NULL_POINTER (ctx), NSA_ERROR_INVALID_ARGUMENT (negative
- * num_threads, bind_threads not 0 or 1, max_isa out of range, NSA_MAX_ISA
- * not a known name), NSA_ERROR_SYSTEM (hwloc could not
+ * num_threads, bind_threads not 0 or 1, max_isa out of range, spin_us
+ * out of range, NSA_MAX_ISA not a known name), NSA_ERROR_SYSTEM (hwloc could not
  * read the topology, or a thread could not be started),
  * NSA_ERROR_OUT_OF_MEMORY. On failure *ctx is set to NULL. */
 NSA_API nsa_status nsa_context_create(const nsa_context_options *opts,

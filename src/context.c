@@ -13,12 +13,15 @@
 #include "cpu_features.h"
 #include "workspace.h"
 
+enum { NSA_MAX_SPIN_US = 1000000 };
+
 void nsa_context_options_init(nsa_context_options *opts)
 {
     if (opts == NULL)
         return;
     opts->num_threads = 0;
     opts->bind_threads = 1;
+    opts->spin_us = -1;
     opts->max_isa = -1;
     opts->verbose = -1;
 }
@@ -34,6 +37,21 @@ static int32_t env_positive_int(const char *name)
     long value = strtol(text, &end, 10);
     if (errno != 0 || *end != '\0' || value <= 0 || value > 4096)
         return 0;
+    return (int32_t)value;
+}
+
+/* The environment variable `name` as an integer in [0, max], or fallback
+ * when it is unset or not such a number. */
+static int32_t env_int(const char *name, int32_t max, int32_t fallback)
+{
+    const char *text = getenv(name);
+    if (text == NULL || *text == '\0')
+        return fallback;
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno != 0 || *end != '\0' || value < 0 || value > max)
+        return fallback;
     return (int32_t)value;
 }
 
@@ -71,7 +89,8 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     if (opts == NULL)
         opts = &defaults;
     if (opts->num_threads < 0 || (opts->bind_threads != 0 && opts->bind_threads != 1) ||
-        opts->max_isa < -1 || opts->max_isa > NSA_ISA_NEON)
+        opts->max_isa < -1 || opts->max_isa > NSA_ISA_NEON || opts->spin_us < -1 ||
+        opts->spin_us > NSA_MAX_SPIN_US)
         return NSA_ERROR_INVALID_ARGUMENT;
     int isa = choose_isa(opts->max_isa);
     if (isa < 0)
@@ -106,14 +125,20 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     if (c->num_threads == 0)
         c->num_threads = count_cores(c->topology);
 
-    nsa_status status = nsa_pool_create(c->topology, c->num_threads, opts->bind_threads, &c->pool);
+    const int32_t spin_us = opts->spin_us >= 0
+                                ? opts->spin_us
+                                : env_int("NSA_SPIN_US", NSA_MAX_SPIN_US, NSA_DEFAULT_SPIN_US);
+    nsa_status status =
+        nsa_pool_create(c->topology, c->num_threads, opts->bind_threads, spin_us, &c->pool);
     if (status != NSA_SUCCESS) {
         nsa_context_destroy(c);
         return status;
     }
-    nsa_log(c, "libnsa %s: context with %d threads (%d cores), %s; isa %s (host best %s)",
+    nsa_log(c,
+            "libnsa %s: context with %d threads (%d cores), %s, polling %d us; isa %s (host "
+            "best %s)",
             NSA_VERSION_STRING, (int)c->num_threads, (int)count_cores(c->topology),
-            opts->bind_threads ? "bound to cores" : "unbound", nsa_isa_name(c->isa),
+            opts->bind_threads ? "bound to cores" : "unbound", (int)spin_us, nsa_isa_name(c->isa),
             nsa_isa_name(nsa_host_isa()));
     *ctx = c;
     return NSA_SUCCESS;

@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * threads.c — a small persistent pthread pool. Workers sleep on a condition
- * variable between calls; a call bumps a generation number, every worker
- * runs the call's function once, and the last to finish wakes the caller.
- * Threads are bound to cores with hwloc so that memory they first touch
+ * threads.c — a small persistent pthread pool. A call bumps a generation
+ * number and every worker runs the call's function once. Between calls a
+ * worker polls for the next generation for a short while (the spin time;
+ * short calls such as decode steps come back to back, and waking a
+ * sleeping thread costs tens of microseconds on virtual machines), then
+ * sleeps on a condition variable; the caller waits for its workers the
+ * same way. Threads are bound to cores with hwloc so that memory they first touch
  * stays on their NUMA node and the OS does not migrate them mid-call.
  * Worker i >= 1 is bound to core i, and a bound pool moves its caller
  * (worker 0) onto core 0 for the call when the scheduler left it on
@@ -28,22 +31,45 @@ struct nsa_pool {
     hwloc_topology_t topology;
     int32_t num_threads;
     int bind;
+    int64_t spin_ns; /* how long an idle worker or a waiting caller polls */
     worker *workers; /* [num_threads]; entry 0 is the caller, no thread */
     hwloc_bitmap_t caller_set; /* bound pools: one PU of core 0 */
     hwloc_bitmap_t saved_set;  /* the caller's own binding during a call */
 
     pthread_mutex_t call_lock; /* one call at a time */
-    pthread_mutex_t lock;      /* guards everything below */
-    pthread_cond_t wake;       /* generation changed or stopping */
-    pthread_cond_t done;       /* active reached 0 */
-    uint64_t generation;
-    int32_t joined; /* workers that started the current call */
-    int32_t active; /* of those, still running it */
-    int open;       /* the current call still accepts workers */
-    int stopping;
+    /* The current call: state = generation << 1 | open (the call still
+     * accepts workers), one word so that the two are read together; fn
+     * and arg are written before the state that opens their call. A worker
+     * joins by raising active and then finding the state open. */
+    atomic_uint_fast64_t state;
+    atomic_int active;  /* workers running the call's fn */
+    atomic_int pending; /* plain calls: workers yet to finish it */
+    int eager;
     nsa_pool_task fn;
     void *arg;
+    atomic_int stopping;
+
+    pthread_mutex_t lock; /* for sleeping only */
+    pthread_cond_t wake;  /* a new generation, or stopping */
+    pthread_cond_t done;  /* the caller may find its call complete */
+    atomic_int sleepers;  /* workers in (or entering) the wake wait */
 };
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
 
 /* One PU of the core of worker `index` (SMT siblings kept apart), or NULL. */
 static hwloc_bitmap_t core_set(nsa_pool *pool, int32_t index)
@@ -91,6 +117,39 @@ static void caller_leave(nsa_pool *pool, int moved)
         (void)hwloc_set_cpubind(pool->topology, pool->saved_set, HWLOC_CPUBIND_THREAD);
 }
 
+static uint64_t generation(nsa_pool *pool)
+{
+    return atomic_load(&pool->state) >> 1;
+}
+
+/* Polls for a generation other than seen for up to the pool's spin time,
+ * then sleeps until one comes; returns 0 when the pool is stopping. */
+static int wait_for_call(nsa_pool *pool, uint64_t seen)
+{
+    const int64_t deadline = pool->spin_ns > 0 ? now_ns() + pool->spin_ns : 0;
+    for (int spins = 1; pool->spin_ns > 0; spins++) {
+        if (generation(pool) != seen || atomic_load(&pool->stopping))
+            return !atomic_load(&pool->stopping);
+        cpu_relax();
+        if (spins % 64 == 0 && now_ns() > deadline)
+            break;
+    }
+    pthread_mutex_lock(&pool->lock);
+    atomic_fetch_add(&pool->sleepers, 1);
+    while (generation(pool) == seen && !atomic_load(&pool->stopping))
+        pthread_cond_wait(&pool->wake, &pool->lock);
+    atomic_fetch_sub(&pool->sleepers, 1);
+    pthread_mutex_unlock(&pool->lock);
+    return !atomic_load(&pool->stopping);
+}
+
+static void signal_done(nsa_pool *pool)
+{
+    pthread_mutex_lock(&pool->lock);
+    pthread_cond_signal(&pool->done);
+    pthread_mutex_unlock(&pool->lock);
+}
+
 static void *worker_main(void *opaque)
 {
     worker *self = opaque;
@@ -98,33 +157,30 @@ static void *worker_main(void *opaque)
     if (pool->bind)
         bind_to_core(pool, self->index);
     uint64_t seen = 0;
-    pthread_mutex_lock(&pool->lock);
-    for (;;) {
-        while (pool->generation == seen && !pool->stopping)
-            pthread_cond_wait(&pool->wake, &pool->lock);
-        if (pool->stopping)
-            break;
-        seen = pool->generation;
-        if (!pool->open)
-            continue; /* an eager call that ended before this worker woke */
-        pool->joined++;
-        pool->active++;
-        nsa_pool_task fn = pool->fn;
-        void *arg = pool->arg;
-        pthread_mutex_unlock(&pool->lock);
-        fn(arg, self->index, pool->num_threads);
-        pthread_mutex_lock(&pool->lock);
-        if (--pool->active == 0)
-            pthread_cond_signal(&pool->done);
+    while (wait_for_call(pool, seen)) {
+        atomic_fetch_add(&pool->active, 1);
+        const uint64_t state = atomic_load(&pool->state);
+        seen = state >> 1;
+        if (!(state & 1)) { /* an eager call that ended before we came */
+            if (atomic_fetch_sub(&pool->active, 1) == 1)
+                signal_done(pool);
+            continue;
+        }
+        /* Joined call `seen`: it cannot end before active drops. */
+        const int eager = pool->eager;
+        pool->fn(pool->arg, self->index, pool->num_threads);
+        const int last_active = atomic_fetch_sub(&pool->active, 1) == 1;
+        const int last_pending = !eager && atomic_fetch_sub(&pool->pending, 1) == 1;
+        if (last_active || last_pending)
+            signal_done(pool);
     }
-    pthread_mutex_unlock(&pool->lock);
     return NULL;
 }
 
 static void stop_workers(nsa_pool *pool, int32_t started)
 {
     pthread_mutex_lock(&pool->lock);
-    pool->stopping = 1;
+    atomic_store(&pool->stopping, 1);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
     for (int32_t i = 1; i < started; i++)
@@ -132,7 +188,7 @@ static void stop_workers(nsa_pool *pool, int32_t started)
 }
 
 nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int bind,
-                           nsa_pool **out)
+                           int32_t spin_us, nsa_pool **out)
 {
     *out = NULL;
     nsa_pool *pool = calloc(1, sizeof *pool);
@@ -145,6 +201,7 @@ nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int b
     pool->topology = topology;
     pool->num_threads = num_threads;
     pool->bind = bind;
+    pool->spin_ns = (int64_t)spin_us * 1000;
     pool->workers = workers;
     if (bind && num_threads > 1) {
         pool->caller_set = core_set(pool, 0);
@@ -170,7 +227,7 @@ void nsa_pool_destroy(nsa_pool *pool)
 {
     if (pool == NULL)
         return;
-    if (!pool->stopping)
+    if (!atomic_load(&pool->stopping))
         stop_workers(pool, pool->num_threads);
     pthread_cond_destroy(&pool->done);
     pthread_cond_destroy(&pool->wake);
@@ -184,34 +241,46 @@ void nsa_pool_destroy(nsa_pool *pool)
     free(pool);
 }
 
+static int call_complete(nsa_pool *pool, int eager)
+{
+    return atomic_load(&pool->active) == 0 && (eager || atomic_load(&pool->pending) == 0);
+}
+
 static void run(nsa_pool *pool, nsa_pool_task fn, void *arg, int eager)
 {
     if (pool->num_threads == 1) {
         fn(arg, 0, 1);
         return;
     }
-    const int32_t workers = pool->num_threads - 1;
     pthread_mutex_lock(&pool->call_lock);
     const int moved = caller_enter(pool);
-    pthread_mutex_lock(&pool->lock);
     pool->fn = fn;
     pool->arg = arg;
-    pool->joined = 0;
-    pool->active = 0;
-    pool->open = 1;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->lock);
+    pool->eager = eager;
+    atomic_store(&pool->pending, pool->num_threads - 1);
+    const uint64_t call = generation(pool) + 1;
+    atomic_store(&pool->state, call << 1 | 1);
+    if (atomic_load(&pool->sleepers) > 0) {
+        pthread_mutex_lock(&pool->lock);
+        pthread_cond_broadcast(&pool->wake);
+        pthread_mutex_unlock(&pool->lock);
+    }
 
     fn(arg, 0, pool->num_threads);
 
-    pthread_mutex_lock(&pool->lock);
     if (eager)
-        pool->open = 0;
-    while (pool->active > 0 || (!eager && pool->joined < workers))
-        pthread_cond_wait(&pool->done, &pool->lock);
-    pool->open = 0;
-    pthread_mutex_unlock(&pool->lock);
+        atomic_store(&pool->state, call << 1); /* closed: active only falls */
+    const int64_t deadline = now_ns() + pool->spin_ns;
+    for (int spins = 1; !call_complete(pool, eager); spins++) {
+        cpu_relax();
+        if (spins % 64 == 0 && now_ns() > deadline) {
+            pthread_mutex_lock(&pool->lock);
+            while (!call_complete(pool, eager))
+                pthread_cond_wait(&pool->done, &pool->lock);
+            pthread_mutex_unlock(&pool->lock);
+        }
+    }
+    atomic_store(&pool->state, call << 1);
     caller_leave(pool, moved);
     pthread_mutex_unlock(&pool->call_lock);
 }
@@ -224,15 +293,6 @@ void nsa_pool_run(nsa_pool *pool, nsa_pool_task fn, void *arg)
 void nsa_pool_run_eager(nsa_pool *pool, nsa_pool_task fn, void *arg)
 {
     run(pool, fn, arg, 1);
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#endif
 }
 
 void nsa_wait_zero(atomic_int_fast64_t *count)

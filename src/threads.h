@@ -26,7 +26,7 @@ typedef void (*nsa_pool_task)(void *arg, int32_t worker, int32_t num_workers);
  * running on another core than core 0 is moved there for the call and
  * then given its own binding back. Errors: NSA_ERROR_OUT_OF_MEMORY, NSA_ERROR_SYSTEM. */
 nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int bind,
-                           nsa_pool **pool);
+                           int32_t spin_us, nsa_pool **pool);
 void nsa_pool_destroy(nsa_pool *pool);
 
 /* Runs fn on every worker and returns when all have finished. Calls from

@@ -686,6 +686,7 @@ static void test_context_options_init_defaults(void **state)
     assert_int_equal(opts.num_threads, 0);
     assert_int_equal(opts.bind_threads, 1);
     assert_int_equal(opts.verbose, -1);
+    assert_int_equal(opts.spin_us, -1);
 }
 
 static void test_context_create_rejects_null_ctx(void **state)
@@ -718,6 +719,68 @@ static void test_context_create_rejects_bind_threads_two(void **state)
     assert_status(nsa_context_create(&opts, &ctx),
                   NSA_ERROR_INVALID_ARGUMENT);
     assert_null(ctx);
+}
+
+static void test_context_create_rejects_spin_out_of_range(void **state)
+{
+    (void)state;
+    const int32_t bad[] = {-2, 1000001};
+    for (int i = 0; i < 2; i++) {
+        nsa_context_options opts;
+        nsa_context_options_init(&opts);
+        opts.spin_us = bad[i];
+        opts.verbose = 0;
+        nsa_context *ctx = STALE_POINTER;
+        assert_status(nsa_context_create(&opts, &ctx), NSA_ERROR_INVALID_ARGUMENT);
+        assert_null(ctx);
+    }
+}
+
+/* Polling or not, with the caller bound or not, calls give the same bits. */
+static void test_context_spin_settings_agree(void **state)
+{
+    (void)state;
+    const int32_t spins[] = {0, 1000};
+    float outs[2][4 * 2 * 8];
+    for (int i = 0; i < 2; i++) {
+        nsa_context_options opts;
+        nsa_context_options_init(&opts);
+        opts.num_threads = 3;
+        opts.bind_threads = i;
+        opts.spin_us = spins[i];
+        opts.verbose = 0;
+        nsa_context *ctx = NULL;
+        assert_status(nsa_context_create(&opts, &ctx), NSA_SUCCESS);
+        nsa_config cfg;
+        nsa_config_init(&cfg, 4, 2, 8, 8);
+        cfg.cmp_block = 4;
+        cfg.cmp_stride = 2;
+        cfg.sel_block = 4;
+        cfg.sel_count = 4;
+        cfg.window = 4;
+        nsa_plan *plan = NULL;
+        assert_status(nsa_plan_create(ctx, &cfg, &plan), NSA_SUCCESS);
+        enum { T = 40 };
+        static float q[T * 4 * 8], k[T * 2 * 8], v[T * 2 * 8], gates[T * 4 * 3];
+        static float out[T * 4 * 8];
+        for (int e = 0; e < T * 4 * 8; e++)
+            q[e] = (float)((e * 37) % 19) / 19.0f - 0.5f;
+        for (int e = 0; e < T * 2 * 8; e++) {
+            k[e] = (float)((e * 11) % 23) / 23.0f - 0.5f;
+            v[e] = (float)((e * 7) % 17) / 17.0f - 0.5f;
+        }
+        for (int e = 0; e < T * 4 * 3; e++)
+            gates[e] = 0.5f;
+        const int64_t cu[2] = {0, T};
+        const nsa_batch batch = {.num_seqs = 1, .total_tokens = T, .cu_seqlens = cu};
+        for (int call = 0; call < 3; call++) /* repeated: workers found polling */
+            assert_status(nsa_forward(plan, &batch, q, k, v, gates, NULL, NULL, out, NULL),
+                          NSA_SUCCESS);
+        memcpy(outs[i], out + (T - 2) * 4 * 8, sizeof outs[i]);
+        nsa_plan_destroy(plan);
+        nsa_context_destroy(ctx);
+    }
+    assert_memory_equal(outs[0], outs[1], sizeof outs[0]);
 }
 
 static void test_context_with_default_options(void **state)
@@ -1533,6 +1596,8 @@ int main(void)
         cmocka_unit_test(test_context_create_rejects_null_ctx),
         cmocka_unit_test(test_context_create_rejects_negative_threads),
         cmocka_unit_test(test_context_create_rejects_bind_threads_two),
+        cmocka_unit_test(test_context_create_rejects_spin_out_of_range),
+        cmocka_unit_test(test_context_spin_settings_agree),
         cmocka_unit_test(test_context_with_default_options),
         FIXTURE_TEST(test_context_uses_requested_threads),
         cmocka_unit_test(test_last_error_of_null_context_is_empty),

@@ -270,7 +270,8 @@ static void test_cache_errors(void **state)
 }
 
 /* Decode of one long cache (the split path: its keys spread over all
- * workers) gives the same bits on 1, 2 and 3 threads. */
+ * workers) gives the same bits on 1, 2 and 3 threads, bound or not, and
+ * again when the call is repeated (the context keeps its workspace). */
 static void test_threads_do_not_change_bits(void **state)
 {
     (void)state;
@@ -278,14 +279,18 @@ static void test_threads_do_not_change_bits(void **state)
     nsa_config cfg;
     nsa_config_init(&cfg, 8, 1, 16, 16);
     const int64_t len = 3000;
+    const size_t out_floats = 2 * 8 * 16;
     tu_problem p;
     assert_int_equal(tu_problem_init(&p, &cfg, &len, 1, 0, 0, &rng), 0);
-    float *outs[3];
-    for (int threads = 1; threads <= 3; threads++) {
+    const struct { int threads, bind; } runs[] = {{1, 0}, {2, 0}, {3, 0}, {3, 1}};
+    enum { RUNS = sizeof runs / sizeof runs[0] };
+    float *outs[RUNS];
+    float *again = tu_xcalloc(out_floats, sizeof(float));
+    for (int i = 0; i < RUNS; i++) {
         nsa_context_options opts;
         nsa_context_options_init(&opts);
-        opts.num_threads = threads;
-        opts.bind_threads = 0;
+        opts.num_threads = runs[i].threads;
+        opts.bind_threads = runs[i].bind;
         nsa_context *ctx;
         nsa_plan *plan;
         nsa_cache *cache;
@@ -295,18 +300,22 @@ static void test_threads_do_not_change_bits(void **state)
         assert_int_equal(nsa_cache_append(cache, len, p.k, p.v, NULL, NULL), NSA_SUCCESS);
         const nsa_cache *one[1] = {cache};
         int64_t cu[2] = {0, 2}; /* the last two tokens */
-        outs[threads - 1] = tu_xcalloc(2 * 8 * 16, sizeof(float));
-        assert_int_equal(nsa_decode(plan, 1, one, cu, p.q + (len - 2) * 8 * 16,
-                                    p.gates + (len - 2) * 8 * 3, outs[threads - 1], NULL),
-                         NSA_SUCCESS);
+        outs[i] = tu_xcalloc(out_floats, sizeof(float));
+        for (int call = 0; call < 2; call++)
+            assert_int_equal(nsa_decode(plan, 1, one, cu, p.q + (len - 2) * 8 * 16,
+                                        p.gates + (len - 2) * 8 * 3,
+                                        call == 0 ? outs[i] : again, NULL),
+                             NSA_SUCCESS);
+        assert_memory_equal(outs[i], again, out_floats * sizeof(float));
         nsa_cache_destroy(cache);
         nsa_plan_destroy(plan);
         nsa_context_destroy(ctx);
     }
-    assert_memory_equal(outs[0], outs[1], 2 * 8 * 16 * sizeof(float));
-    assert_memory_equal(outs[0], outs[2], 2 * 8 * 16 * sizeof(float));
-    for (int i = 0; i < 3; i++)
+    for (int i = 1; i < RUNS; i++)
+        assert_memory_equal(outs[0], outs[i], out_floats * sizeof(float));
+    for (int i = 0; i < RUNS; i++)
         free(outs[i]);
+    free(again);
     tu_problem_free(&p);
 }
 
