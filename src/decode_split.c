@@ -45,24 +45,35 @@ typedef struct split_tile {
     float *q;  /* [m][Dk] packed rows */
     float *s;  /* [m][lds] compressed probabilities */
     size_t lds;
-    float *factor;         /* [m][units of a branch]: merge weights */
+    float *factor;         /* [m][ldf]: merge weights, per unit of a branch */
+    size_t ldf;            /* the most units of any branch */
+    float *p_sum;          /* [count][lds]: Eq. 9's sums over the group */
     int32_t *blocks;       /* [count][n] chosen by each query */
     int32_t *union_blocks; /* [count * n] their union */
     int64_t units[3], unit_count[3]; /* each branch's first unit and count */
     int64_t slots;                   /* selected-block slots: >= unit_count[SLC] */
     nsa_softmax_state merged[3];
+    int64_t gate_parts; /* gate items per query */
     /* Items still to finish before the next step of the tile may start. */
-    atomic_int_fast64_t cmp_left;    /* compressed units: then select */
-    atomic_int_fast64_t select_left; /* the selection: then selected blocks */
-    atomic_int_fast64_t raw_left;    /* window units and slots: then gate */
+    atomic_int_fast64_t cmp_left;     /* compressed units: then merge */
+    atomic_int_fast64_t merge_left;   /* their merge: then head sums */
+    atomic_int_fast64_t sum_left;     /* head sums: then choose */
+    atomic_int_fast64_t select_left;  /* the choice: then selected blocks */
+    atomic_int_fast64_t raw_left;     /* window units and slots: then gate */
 } split_tile;
 
-enum { ITEM_UNIT, ITEM_SELECT, ITEM_SLOT, ITEM_GATE };
+/* The steps of a tile, in the order the items list them. */
+enum { ITEM_UNIT, ITEM_MERGE, ITEM_SUM, ITEM_CHOOSE, ITEM_SLOT, ITEM_GATE };
+
+/* Rows one gate item merges and mixes. */
+enum { GATE_ROWS = 4 };
 
 typedef struct split_item {
     int kind;
     int64_t tile;
-    int64_t index; /* ITEM_UNIT: the unit; ITEM_SLOT: the slot of the tile */
+    /* ITEM_UNIT: the unit; ITEM_SUM: the tile's compressed unit; ITEM_SLOT:
+     * the slot of the tile; ITEM_GATE: query * gate_parts + part */
+    int64_t index;
 } split_item;
 
 typedef struct split_run {
@@ -83,9 +94,9 @@ static int64_t ceil_div(int64_t a, int64_t b)
 }
 
 /* Worker scratch: a chunk of scores, row limits, bf16 conversion, and the
- * selection's per-token and per-block sums and row weights. */
+ * selection's block scores and row weights. */
 typedef struct worker_scratch {
-    float *s, *convert, *p_sum, *score, *weight;
+    float *s, *convert, *score, *weight;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
 } worker_scratch;
@@ -102,7 +113,6 @@ static size_t worker_scratch_carve(const split_run *run, char *base, worker_scra
     ws.convert = nsa_carve(&c, nsa_attend_convert_floats((size_t)cfg->head_dim_qk,
                                                          (size_t)cfg->head_dim_v) *
                                    sizeof(float));
-    ws.p_sum = nsa_carve(&c, (size_t)(nsa_num_compressed(cfg, run->max_len) + 1) * sizeof(float));
     ws.score = nsa_carve(&c, (size_t)(nsa_num_blocks(cfg, run->max_len) + 1) * sizeof(float));
     ws.weight = nsa_carve(&c, (size_t)run->plan->group_size * sizeof(float));
     ws.lo = nsa_carve(&c, m * sizeof(int32_t));
@@ -171,22 +181,27 @@ static void run_unit(const split_run *run, const split_unit *u, worker_scratch *
 
 /* ------------------------------------------------------ tiles: merging -- */
 
-/* merged = the log-sum-exp merge of the branch's units, in unit order;
- * leaves row r's unit weights exp(max_unit - max) in factor[r][unit]. The
+/* Rows [first_row, end_row) of merged = the log-sum-exp merge of the
+ * branch's units, in unit order;
+ * leaves row r's unit weights exp(max_unit - max) in factor[r][unit] (rows
+ * apart, so gate items merge their rows side by side). The
  * units' accumulators lie [unit][m][dv], so row r of the merge is one pool
  * (a weighted sum of rows) over the units. */
-static void merge_units(const split_run *run, split_tile *t, int branch)
+static void merge_units(const split_run *run, split_tile *t, int branch, size_t first_row,
+                        size_t end_row)
 {
     const size_t dv = (size_t)run->plan->cfg.head_dim_v, m = t->m;
     const nsa_softmax_state *out = &t->merged[branch];
     const split_unit *units = run->units + t->units[branch];
     const int64_t count = t->unit_count[branch];
-    if (count == 0) {
-        nsa_softmax_state_reset(out, m, dv);
-        return;
-    }
-    for (size_t r = 0; r < m; r++) {
-        float max = -INFINITY, sum = 0.0f, *f = t->factor + r * (size_t)count;
+    for (size_t r = first_row; r < end_row; r++) {
+        if (count == 0) {
+            out->max[r] = -INFINITY;
+            out->sum[r] = 0.0f;
+            memset(out->acc + r * dv, 0, dv * sizeof(float));
+            continue;
+        }
+        float max = -INFINITY, sum = 0.0f, *f = t->factor + r * t->ldf;
         for (int64_t u = 0; u < count; u++)
             max = fmaxf(max, units[u].state.max[r]);
         for (int64_t u = 0; u < count; u++) {
@@ -201,25 +216,28 @@ static void merge_units(const split_run *run, split_tile *t, int branch)
     }
 }
 
-/* p_sum for query tq of tile t (spec Eq. 9's sum over the group's heads of
- * the normalised compressed probabilities): per unit, the G rows' scores
- * weighted by their merge factor over their total, with one pool. */
-static void head_sum(const split_run *run, const split_tile *t, int64_t tq, float *weight,
-                     float *p_sum)
+/* The part of every query's p_sum (spec Eq. 9's sum over the group's heads
+ * of the normalised compressed probabilities) that compressed unit u
+ * covers: the G rows' probabilities weighted by their merge factor over
+ * their total, summed with one pool. */
+static void head_sum(const split_run *run, split_tile *t, int64_t u, float *weight)
 {
     const nsa_plan *plan = run->plan;
-    const int64_t g = plan->group_size, count = t->unit_count[CMP];
-    const int64_t nc = nsa_visible_compressed(&plan->cfg, t->tile.first + tq, t->tile.len);
-    const split_unit *units = run->units + t->units[CMP];
-    for (int64_t u = 0; u < count && units[u].first < nc; u++) {
+    const int64_t g = plan->group_size;
+    const split_unit *unit = &run->units[t->units[CMP] + u];
+    for (int64_t tq = 0; tq < t->tile.count; tq++) {
+        const int64_t nc = nsa_visible_compressed(&plan->cfg, t->tile.first + tq, t->tile.len);
+        if (unit->first >= nc)
+            continue;
         for (int64_t r = 0; r < g; r++) {
             const size_t row = (size_t)(tq * g + r);
             const float total = t->merged[CMP].sum[row];
-            weight[r] = total > 0.0f ? t->factor[row * (size_t)count + (size_t)u] / total : 0.0f;
+            weight[r] = total > 0.0f ? t->factor[row * t->ldf + (size_t)u] / total : 0.0f;
         }
-        const int64_t first = units[u].first, last = units[u].last < nc ? units[u].last : nc - 1;
+        const int64_t first = unit->first, last = unit->last < nc ? unit->last : nc - 1;
         plan->kernels.pool((size_t)g, (size_t)(last - first + 1), weight,
-                           t->s + (size_t)(tq * g) * t->lds + first, t->lds, p_sum + first);
+                           t->s + (size_t)(tq * g) * t->lds + first, t->lds,
+                           t->p_sum + (size_t)tq * t->lds + first);
     }
 }
 
@@ -237,17 +255,16 @@ static void add_units(split_run *run, split_tile *t, int branch, int64_t first, 
     }
 }
 
-/* Merges the tile's compressed units, chooses every query's blocks and
- * lists the selected units (one per block of their union). */
-static void select_tile(split_run *run, split_tile *t, worker_scratch *w)
+/* Chooses every query's blocks from its p_sum and lists the selected
+ * units (one per block of their union). */
+static void choose_tile(split_run *run, split_tile *t, worker_scratch *w)
 {
     const nsa_plan *plan = run->plan;
     const int64_t n = plan->cfg.sel_count, l = plan->cfg.sel_block;
-    merge_units(run, t, CMP);
     for (int64_t tq = 0; tq < t->tile.count; tq++) {
         int32_t *blocks = t->blocks + tq * n;
-        head_sum(run, t, tq, w->weight, w->p_sum);
-        nsa_choose_from_sum(plan, t->tile.first + tq, t->tile.len, w->p_sum, w->score, blocks);
+        nsa_choose_from_sum(plan, t->tile.first + tq, t->tile.len,
+                            t->p_sum + (size_t)tq * t->lds, w->score, blocks);
         if (t->tile.indices_out != NULL)
             memcpy(t->tile.indices_out + (size_t)tq * t->tile.index_stride, blocks,
                    (size_t)n * sizeof *blocks);
@@ -257,20 +274,23 @@ static void select_tile(split_run *run, split_tile *t, worker_scratch *w)
         add_units(run, t, SLC, t->union_blocks[b] * l, t->union_blocks[b] * l + l - 1, l);
 }
 
-static void gate_tile(const split_run *run, split_tile *t)
+/* Gate item `index` of tile t: a few rows of one query, merged and mixed. */
+static void gate_rows(const split_run *run, split_tile *t, int64_t index)
 {
     const nsa_plan *plan = run->plan;
     const size_t g = (size_t)plan->group_size, dv = (size_t)plan->cfg.head_dim_v;
-    merge_units(run, t, SLC);
-    merge_units(run, t, SWA);
+    const int64_t tq = index / t->gate_parts;
+    const size_t part_first = (size_t)(index % t->gate_parts) * GATE_ROWS;
+    const size_t rows = g - part_first < GATE_ROWS ? g - part_first : GATE_ROWS;
+    const size_t r = (size_t)tq * g + part_first;
+    merge_units(run, t, SLC, r, r + rows);
+    merge_units(run, t, SWA, r, r + rows);
     const nsa_softmax_state *s = t->merged;
-    for (int64_t tq = 0; tq < t->tile.count; tq++) {
-        const size_t r = (size_t)tq * g;
-        plan->kernels.gate_mix(g, dv, t->tile.gates + (size_t)tq * t->tile.gates_stride,
-                               s[CMP].acc + r * dv, s[CMP].sum + r, s[SLC].acc + r * dv,
-                               s[SLC].sum + r, s[SWA].acc + r * dv, s[SWA].sum + r, dv,
-                               t->tile.out + (size_t)tq * t->tile.out_stride);
-    }
+    plan->kernels.gate_mix(rows, dv,
+                           t->tile.gates + (size_t)tq * t->tile.gates_stride + part_first * 3,
+                           s[CMP].acc + r * dv, s[CMP].sum + r, s[SLC].acc + r * dv,
+                           s[SLC].sum + r, s[SWA].acc + r * dv, s[SWA].sum + r, dv,
+                           t->tile.out + (size_t)tq * t->tile.out_stride + part_first * dv);
 }
 
 static void split_worker(void *arg, int32_t worker, int32_t num_workers)
@@ -289,9 +309,19 @@ static void split_worker(void *arg, int32_t worker, int32_t num_workers)
             nsa_count_down(u->branch == CMP ? &t->cmp_left : &t->raw_left);
             break;
         }
-        case ITEM_SELECT:
+        case ITEM_MERGE:
             nsa_wait_zero(&t->cmp_left);
-            select_tile(run, t, &w);
+            merge_units(run, t, CMP, 0, t->m);
+            nsa_count_down(&t->merge_left);
+            break;
+        case ITEM_SUM:
+            nsa_wait_zero(&t->merge_left);
+            head_sum(run, t, it->index, w.weight);
+            nsa_count_down(&t->sum_left);
+            break;
+        case ITEM_CHOOSE:
+            nsa_wait_zero(&t->sum_left);
+            choose_tile(run, t, &w);
             nsa_count_down(&t->select_left);
             break;
         case ITEM_SLOT:
@@ -302,7 +332,7 @@ static void split_worker(void *arg, int32_t worker, int32_t num_workers)
             break;
         default:
             nsa_wait_zero(&t->raw_left);
-            gate_tile(run, t);
+            gate_rows(run, t, it->index);
             break;
         }
     }
@@ -328,12 +358,15 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
     const nsa_config *cfg = &plan->cfg;
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
     nsa_carver c = {.base = base};
+    const int64_t gate_parts = ceil_div(plan->group_size, GATE_ROWS);
     size_t units = 0, items = 0;
     for (int64_t i = 0; i < run->num_tiles; i++) {
         int64_t bounds[3];
         unit_bounds(plan, &tiles[i], bounds);
         units += (size_t)(bounds[CMP] + bounds[SLC] + bounds[SWA]);
-        items += (size_t)(bounds[CMP] + bounds[SLC] + bounds[SWA]) + 2;
+        /* units, merge, a head sum per compressed unit, choose, gates */
+        items += (size_t)(2 * bounds[CMP] + bounds[SLC] + bounds[SWA] + 2 +
+                          tiles[i].count * gate_parts);
     }
     run->tiles = nsa_carve(&c, (size_t)run->num_tiles * sizeof *run->tiles);
     run->units = nsa_carve(&c, units * sizeof *run->units);
@@ -354,14 +387,17 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         float *q = nsa_carve(&c, m * dk * sizeof(float));
         float *s = nsa_carve(&c, m * lds * sizeof(float));
         float *factor = nsa_carve(&c, m * (size_t)most * sizeof(float));
+        float *p_sum = nsa_carve(&c, (size_t)tiles[i].count * lds * sizeof(float));
         int32_t *blocks = nsa_carve(&c, n * sizeof(int32_t));
         int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
         split_tile *t = base != NULL ? &run->tiles[i] : NULL;
         if (t != NULL)
             *t = (split_tile){.tile = tiles[i], .raw = tiles[i].raw,
                               .compressed = tiles[i].compressed, .m = m, .q = q, .s = s,
-                              .lds = lds, .factor = factor, .blocks = blocks,
-                              .union_blocks = union_blocks, .slots = bounds[SLC]};
+                              .lds = lds, .factor = factor, .ldf = (size_t)most,
+                              .p_sum = p_sum, .blocks = blocks,
+                              .union_blocks = union_blocks, .slots = bounds[SLC],
+                              .gate_parts = gate_parts};
         /* Per branch: the merged state, then the units' states with their
          * maxima, sums and accumulators each in one array ([unit][m]...). */
         for (int b = 0; b < 3; b++) {
@@ -412,6 +448,8 @@ static int64_t list_items(split_run *run)
         }
         add_units(run, t, SWA, first - first % NSA_PANEL, last, NSA_ATTEND_CHUNK);
         atomic_init(&t->cmp_left, t->unit_count[CMP]);
+        atomic_init(&t->merge_left, 1);
+        atomic_init(&t->sum_left, t->unit_count[CMP]);
         atomic_init(&t->select_left, 1);
         atomic_init(&t->raw_left, t->unit_count[SWA] + t->slots);
     }
@@ -425,12 +463,20 @@ static int64_t list_items(split_run *run)
                     (split_item){ITEM_UNIT, i, t->units[first_branches[k]] + u};
         }
     for (int64_t i = 0; i < run->num_tiles; i++)
-        run->items[n++] = (split_item){ITEM_SELECT, i, 0};
+        run->items[n++] = (split_item){ITEM_MERGE, i, 0};
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
+            run->items[n++] = (split_item){ITEM_SUM, i, u};
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        run->items[n++] = (split_item){ITEM_CHOOSE, i, 0};
     for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t k = 0; k < run->tiles[i].slots; k++)
             run->items[n++] = (split_item){ITEM_SLOT, i, k};
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        run->items[n++] = (split_item){ITEM_GATE, i, 0};
+    for (int64_t i = 0; i < run->num_tiles; i++) {
+        const split_tile *t = &run->tiles[i];
+        for (int64_t k = 0; k < t->tile.count * t->gate_parts; k++)
+            run->items[n++] = (split_item){ITEM_GATE, i, k};
+    }
     return n;
 }
 

@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * threads.c — a small persistent pthread pool. A call bumps a generation
- * number and every worker runs the call's function once. Between calls a
- * worker polls for the next generation for a short while (the spin time;
- * short calls such as decode steps come back to back, and waking a
- * sleeping thread costs tens of microseconds on virtual machines), then
- * sleeps on a condition variable; the caller waits for its workers the
- * same way. Threads are bound to cores with hwloc so that memory they first touch
+ * number and every worker runs the call's function once. After an eager
+ * call (a short one, such as a decode step) a worker polls for the next
+ * generation for a while (the spin time: such calls come back to back, and
+ * waking a sleeping thread costs tens of microseconds on virtual
+ * machines) before it sleeps on a condition variable, and the caller polls
+ * for its workers the same way. After a long call they sleep at once: a
+ * thread polling beside a busy SMT sibling slows it down (measured: the
+ * 64K forward ran 3-4 % slower with polling after every call). Threads are bound to cores with hwloc so that memory they first touch
  * stays on their NUMA node and the OS does not migrate them mid-call.
  * Worker i >= 1 is bound to core i, and a bound pool moves its caller
  * (worker 0) onto core 0 for the call when the scheduler left it on
@@ -122,12 +124,12 @@ static uint64_t generation(nsa_pool *pool)
     return atomic_load(&pool->state) >> 1;
 }
 
-/* Polls for a generation other than seen for up to the pool's spin time,
- * then sleeps until one comes; returns 0 when the pool is stopping. */
-static int wait_for_call(nsa_pool *pool, uint64_t seen)
+/* Polls for a generation other than seen for spin_ns, then sleeps until
+ * one comes; returns 0 when the pool is stopping. */
+static int wait_for_call(nsa_pool *pool, uint64_t seen, int64_t spin_ns)
 {
-    const int64_t deadline = pool->spin_ns > 0 ? now_ns() + pool->spin_ns : 0;
-    for (int spins = 1; pool->spin_ns > 0; spins++) {
+    const int64_t deadline = spin_ns > 0 ? now_ns() + spin_ns : 0;
+    for (int spins = 1; spin_ns > 0; spins++) {
         if (generation(pool) != seen || atomic_load(&pool->stopping))
             return !atomic_load(&pool->stopping);
         cpu_relax();
@@ -157,7 +159,9 @@ static void *worker_main(void *opaque)
     if (pool->bind)
         bind_to_core(pool, self->index);
     uint64_t seen = 0;
-    while (wait_for_call(pool, seen)) {
+    int64_t spin_ns = 0; /* poll only after an eager (short) call */
+    while (wait_for_call(pool, seen, spin_ns)) {
+        spin_ns = 0;
         atomic_fetch_add(&pool->active, 1);
         const uint64_t state = atomic_load(&pool->state);
         seen = state >> 1;
@@ -168,6 +172,7 @@ static void *worker_main(void *opaque)
         }
         /* Joined call `seen`: it cannot end before active drops. */
         const int eager = pool->eager;
+        spin_ns = eager ? pool->spin_ns : 0;
         pool->fn(pool->arg, self->index, pool->num_threads);
         const int last_active = atomic_fetch_sub(&pool->active, 1) == 1;
         const int last_pending = !eager && atomic_fetch_sub(&pool->pending, 1) == 1;
@@ -270,7 +275,7 @@ static void run(nsa_pool *pool, nsa_pool_task fn, void *arg, int eager)
 
     if (eager)
         atomic_store(&pool->state, call << 1); /* closed: active only falls */
-    const int64_t deadline = now_ns() + pool->spin_ns;
+    const int64_t deadline = now_ns() + (eager ? pool->spin_ns : 0);
     for (int spins = 1; !call_complete(pool, eager); spins++) {
         cpu_relax();
         if (spins % 64 == 0 && now_ns() > deadline) {
