@@ -65,14 +65,15 @@ typedef struct split_tile {
 /* The steps of a tile, in the order the items list them. */
 enum { ITEM_UNIT, ITEM_MERGE, ITEM_SUM, ITEM_CHOOSE, ITEM_SLOT, ITEM_GATE };
 
-/* Rows one gate item merges and mixes. */
-enum { GATE_ROWS = 4 };
+/* Rows one merge or gate item takes. */
+enum { PART_ROWS = 4 };
 
 typedef struct split_item {
     int kind;
     int64_t tile;
-    /* ITEM_UNIT: the unit; ITEM_SUM: the tile's compressed unit; ITEM_SLOT:
-     * the slot of the tile; ITEM_GATE: query * gate_parts + part */
+    /* ITEM_UNIT: the unit; ITEM_MERGE: rows [PART_ROWS index, + PART_ROWS);
+     * ITEM_SUM: the tile's compressed unit; ITEM_SLOT: the slot of the
+     * tile; ITEM_GATE: query * gate_parts + part */
     int64_t index;
 } split_item;
 
@@ -280,8 +281,8 @@ static void gate_rows(const split_run *run, split_tile *t, int64_t index)
     const nsa_plan *plan = run->plan;
     const size_t g = (size_t)plan->group_size, dv = (size_t)plan->cfg.head_dim_v;
     const int64_t tq = index / t->gate_parts;
-    const size_t part_first = (size_t)(index % t->gate_parts) * GATE_ROWS;
-    const size_t rows = g - part_first < GATE_ROWS ? g - part_first : GATE_ROWS;
+    const size_t part_first = (size_t)(index % t->gate_parts) * PART_ROWS;
+    const size_t rows = g - part_first < PART_ROWS ? g - part_first : PART_ROWS;
     const size_t r = (size_t)tq * g + part_first;
     merge_units(run, t, SLC, r, r + rows);
     merge_units(run, t, SWA, r, r + rows);
@@ -293,49 +294,55 @@ static void gate_rows(const split_run *run, split_tile *t, int64_t index)
                            t->tile.out + (size_t)tq * t->tile.out_stride + part_first * dv);
 }
 
+/* Runs one item, first waiting for the items it needs. */
+static void run_item(split_run *run, const split_item *it, worker_scratch *w)
+{
+    split_tile *t = &run->tiles[it->tile];
+    switch (it->kind) {
+    case ITEM_UNIT: {
+        const split_unit *u = &run->units[it->index];
+        run_unit(run, u, w);
+        nsa_count_down(u->branch == CMP ? &t->cmp_left : &t->raw_left);
+        break;
+    }
+    case ITEM_MERGE: {
+        const size_t first = (size_t)it->index * PART_ROWS;
+        nsa_wait_zero(&t->cmp_left);
+        merge_units(run, t, CMP, first, t->m - first < PART_ROWS ? t->m : first + PART_ROWS);
+        nsa_count_down(&t->merge_left);
+        break;
+    }
+    case ITEM_SUM:
+        nsa_wait_zero(&t->merge_left);
+        head_sum(run, t, it->index, w->weight);
+        nsa_count_down(&t->sum_left);
+        break;
+    case ITEM_CHOOSE:
+        nsa_wait_zero(&t->sum_left);
+        choose_tile(run, t, w);
+        nsa_count_down(&t->select_left);
+        break;
+    case ITEM_SLOT:
+        nsa_wait_zero(&t->select_left);
+        if (it->index < t->unit_count[SLC])
+            run_unit(run, &run->units[t->units[SLC] + it->index], w);
+        nsa_count_down(&t->raw_left);
+        break;
+    default:
+        nsa_wait_zero(&t->raw_left);
+        gate_rows(run, t, it->index);
+        break;
+    }
+}
+
 static void split_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     split_run *run = arg;
     worker_scratch w;
     worker_scratch_carve(run, run->scratch + (size_t)worker * run->scratch_bytes, &w);
     (void)num_workers;
-    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        const split_item *it = &run->items[i];
-        split_tile *t = &run->tiles[it->tile];
-        switch (it->kind) {
-        case ITEM_UNIT: {
-            const split_unit *u = &run->units[it->index];
-            run_unit(run, u, &w);
-            nsa_count_down(u->branch == CMP ? &t->cmp_left : &t->raw_left);
-            break;
-        }
-        case ITEM_MERGE:
-            nsa_wait_zero(&t->cmp_left);
-            merge_units(run, t, CMP, 0, t->m);
-            nsa_count_down(&t->merge_left);
-            break;
-        case ITEM_SUM:
-            nsa_wait_zero(&t->merge_left);
-            head_sum(run, t, it->index, w.weight);
-            nsa_count_down(&t->sum_left);
-            break;
-        case ITEM_CHOOSE:
-            nsa_wait_zero(&t->sum_left);
-            choose_tile(run, t, &w);
-            nsa_count_down(&t->select_left);
-            break;
-        case ITEM_SLOT:
-            nsa_wait_zero(&t->select_left);
-            if (it->index < t->unit_count[SLC])
-                run_unit(run, &run->units[t->units[SLC] + it->index], &w);
-            nsa_count_down(&t->raw_left);
-            break;
-        default:
-            nsa_wait_zero(&t->raw_left);
-            gate_rows(run, t, it->index);
-            break;
-        }
-    }
+    for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;)
+        run_item(run, &run->items[i], &w);
 }
 
 /* --------------------------------------------------------------- driver -- */
@@ -358,14 +365,15 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
     const nsa_config *cfg = &plan->cfg;
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
     nsa_carver c = {.base = base};
-    const int64_t gate_parts = ceil_div(plan->group_size, GATE_ROWS);
+    const int64_t gate_parts = ceil_div(plan->group_size, PART_ROWS);
     size_t units = 0, items = 0;
     for (int64_t i = 0; i < run->num_tiles; i++) {
         int64_t bounds[3];
         unit_bounds(plan, &tiles[i], bounds);
         units += (size_t)(bounds[CMP] + bounds[SLC] + bounds[SWA]);
-        /* units, merge, a head sum per compressed unit, choose, gates */
-        items += (size_t)(2 * bounds[CMP] + bounds[SLC] + bounds[SWA] + 2 +
+        /* units, merges, a head sum per compressed unit, choose, gates */
+        const int64_t merges = ceil_div(tiles[i].count * plan->group_size, PART_ROWS);
+        items += (size_t)(2 * bounds[CMP] + bounds[SLC] + bounds[SWA] + merges + 1 +
                           tiles[i].count * gate_parts);
     }
     run->tiles = nsa_carve(&c, (size_t)run->num_tiles * sizeof *run->tiles);
@@ -448,7 +456,7 @@ static int64_t list_items(split_run *run)
         }
         add_units(run, t, SWA, first - first % NSA_PANEL, last, NSA_ATTEND_CHUNK);
         atomic_init(&t->cmp_left, t->unit_count[CMP]);
-        atomic_init(&t->merge_left, 1);
+        atomic_init(&t->merge_left, ceil_div((int64_t)t->m, PART_ROWS));
         atomic_init(&t->sum_left, t->unit_count[CMP]);
         atomic_init(&t->select_left, 1);
         atomic_init(&t->raw_left, t->unit_count[SWA] + t->slots);
@@ -463,7 +471,8 @@ static int64_t list_items(split_run *run)
                     (split_item){ITEM_UNIT, i, t->units[first_branches[k]] + u};
         }
     for (int64_t i = 0; i < run->num_tiles; i++)
-        run->items[n++] = (split_item){ITEM_MERGE, i, 0};
+        for (int64_t k = 0; k < ceil_div((int64_t)run->tiles[i].m, PART_ROWS); k++)
+            run->items[n++] = (split_item){ITEM_MERGE, i, k};
     for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
             run->items[n++] = (split_item){ITEM_SUM, i, u};

@@ -8,6 +8,10 @@
 
 #include "select.h"
 
+/* Block scores need the overlap of token k's window with the block, for the
+ * k = 0 .. taps - 1 tokens reaching into it; these many are kept at hand. */
+enum { MAX_KEPT_TAPS = 64 };
+
 void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, float *score,
                       int64_t num_blocks)
 {
@@ -19,15 +23,26 @@ void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, flo
     const int64_t width = cfg->cmp_block / cfg->cmp_stride;
     const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = width - 1;
     const int64_t taps = stride + lead;
+    float kept[MAX_KEPT_TAPS];
+    for (int64_t k = 0; k < taps && k < MAX_KEPT_TAPS; k++) {
+        const int64_t start = k - lead; /* the window's start, relative to the block */
+        const int64_t end = start + width < stride ? start + width : stride;
+        kept[k] = (float)(end - (start > 0 ? start : 0));
+    }
     for (int64_t j = 0; j < num_blocks; j++) {
         const int64_t base = j * stride - lead;
         const int64_t k0 = base < 0 ? -base : 0;
         const int64_t k1 = nc - base < taps ? nc - base : taps; /* one past */
         float total = 0.0f;
-        for (int64_t k = k0; k < k1; k++) {
-            const int64_t start = k - lead; /* the window's start, relative to the block */
-            const int64_t end = start + width < stride ? start + width : stride;
-            total += p_sum[base + k] * (float)(end - (start > 0 ? start : 0));
+        if (taps <= MAX_KEPT_TAPS) {
+            for (int64_t k = k0; k < k1; k++)
+                total += p_sum[base + k] * kept[k];
+        } else {
+            for (int64_t k = k0; k < k1; k++) {
+                const int64_t start = k - lead;
+                const int64_t end = start + width < stride ? start + width : stride;
+                total += p_sum[base + k] * (float)(end - (start > 0 ? start : 0));
+            }
         }
         score[j] = total;
     }
