@@ -10,14 +10,14 @@
  * do not depend on the number of workers, so neither do the results.
  *
  * A step is short (tens of microseconds), so it is one eager pool run with
- * no barrier: a fixed list of items — every tile's compressed and window
- * units, then per tile its selection, slots for its selected blocks, and
- * its gate — is handed out in order, and an item that needs earlier ones
- * (the selection needs the tile's compressed units; the selected blocks
- * need the selection; the gate needs them all) waits on the tile's
- * counters. Items are taken in order and only wait on earlier items, so
- * some worker always makes progress; workers that wake late find the list
- * empty. The buffers live in the context's kept workspace: repeated steps
+ * no barrier: a fixed list of items — every tile's compressed units, its
+ * selection (merges and head sums of a few rows or one unit each, then the
+ * choice), its window units, slots for its selected blocks, and its gate
+ * items — is handed out in order, and an item that needs earlier ones
+ * waits on the tile's counters. The window units come after the choice,
+ * the one serial step, so that the workers it leaves idle take them. Items
+ * are taken in order and only wait on earlier items, so some worker always
+ * makes progress; workers that wake late find the list empty. The buffers live in the context's kept workspace: repeated steps
  * neither allocate nor fault pages.
  */
 #include <math.h>
@@ -461,15 +461,13 @@ static int64_t list_items(split_run *run)
         atomic_init(&t->select_left, 1);
         atomic_init(&t->raw_left, t->unit_count[SWA] + t->slots);
     }
+    /* The selection (merge, head sums, choice) comes right after the
+     * compressed units, and the window units after it: workers that the
+     * selection leaves idle take them. */
     int64_t n = 0;
-    const int first_branches[2] = {CMP, SWA}; /* the longest units first */
-    for (int k = 0; k < 2; k++)
-        for (int64_t i = 0; i < run->num_tiles; i++) {
-            const split_tile *t = &run->tiles[i];
-            for (int64_t u = 0; u < t->unit_count[first_branches[k]]; u++)
-                run->items[n++] =
-                    (split_item){ITEM_UNIT, i, t->units[first_branches[k]] + u};
-        }
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
+            run->items[n++] = (split_item){ITEM_UNIT, i, run->tiles[i].units[CMP] + u};
     for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t k = 0; k < ceil_div((int64_t)run->tiles[i].m, PART_ROWS); k++)
             run->items[n++] = (split_item){ITEM_MERGE, i, k};
@@ -478,6 +476,9 @@ static int64_t list_items(split_run *run)
             run->items[n++] = (split_item){ITEM_SUM, i, u};
     for (int64_t i = 0; i < run->num_tiles; i++)
         run->items[n++] = (split_item){ITEM_CHOOSE, i, 0};
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        for (int64_t u = 0; u < run->tiles[i].unit_count[SWA]; u++)
+            run->items[n++] = (split_item){ITEM_UNIT, i, run->tiles[i].units[SWA] + u};
     for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t k = 0; k < run->tiles[i].slots; k++)
             run->items[n++] = (split_item){ITEM_SLOT, i, k};
