@@ -66,7 +66,7 @@ typedef struct split_tile {
 enum { ITEM_UNIT, ITEM_MERGE, ITEM_SUM, ITEM_CHOOSE, ITEM_SLOT, ITEM_GATE };
 
 /* Rows one merge or gate item takes. */
-enum { PART_ROWS = 4 };
+enum { PART_ROWS = 1 };
 
 typedef struct split_item {
     int kind;
