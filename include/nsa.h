@@ -129,12 +129,12 @@ typedef struct nsa_context_options {
     /* 1 = print one line per decision (kernel choice, thread count) to
      * stderr; 0 = silent; -1 = the NSA_VERBOSE environment variable. */
     int32_t verbose;
-    /* Microseconds (0 .. 1000000) an idle worker keeps polling for the next
-     * call before it sleeps, and a caller polls for its workers before it
-     * sleeps. Short calls that come back to back (decode steps) then skip
-     * the tens of microseconds a sleeping thread takes to wake; longer
-     * polling costs idle CPU time, and CPU time of other programs sharing
-     * the cores. -1 = the NSA_SPIN_US environment variable if set, else
+    /* Microseconds (0 .. 1000000) that, after a short call (nsa_decode),
+     * an idle worker keeps polling for the next call before it sleeps, and
+     * the caller polls for its workers. Decode steps that come back to back
+     * then skip the tens of microseconds a sleeping thread takes to wake;
+     * longer polling costs idle CPU time, and CPU time of other programs
+     * sharing the cores. Long calls (forward, backward) never poll. -1 = the NSA_SPIN_US environment variable if set, else
      * NSA_DEFAULT_SPIN_US. */
     int32_t spin_us;
 } nsa_context_options;

@@ -7,8 +7,10 @@
  * most of its work on masked rows. Instead the chunk's selections are
  * inverted with a counting sort into, per block, the queries that chose it
  * (ascending); each block is then loaded once and attended by exactly its
- * rows, gathered into one tile, with their running softmax states gathered
- * and scattered around the call. Blocks are taken in ascending order, so
+ * rows: gathered into one tile, with their running softmax states gathered
+ * and scattered around the call, when groups are small; query by query in
+ * place, while the block stays in cache, when a group fills the kernels'
+ * row blocks itself. Blocks are taken in ascending order, so
  * every query merges its blocks in the same order whatever the threads.
  */
 #include <math.h>
@@ -104,6 +106,31 @@ static void move_state(const nsa_softmax_state *chunk, const nsa_softmax_state *
     memcpy(to->acc + dst * dv, from->acc + src * dv, g * dv * sizeof(float));
 }
 
+/* A group of at least this many heads fills the kernels' row blocks by
+ * itself: its queries attend to a block in place, one after another while
+ * the block is hot in cache, instead of being gathered into one tile. */
+enum { IN_PLACE_GROUP = 8 };
+
+/* Query i of the job (its G rows, in place) to the keys [first, last]. */
+static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job, int64_t i,
+                            int64_t first, int64_t last, chunk_scratch *c)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const size_t g = (size_t)plan->group_size, dv = (size_t)cfg->head_dim_v;
+    const int64_t limit = cfg->causal ? job->first + i : job->len - 1;
+    for (size_t r = 0; r < g; r++) {
+        c->row_first[r] = first;
+        c->row_last[r] = last < limit ? last : limit;
+    }
+    const nsa_rows rows = {.m = g, .dk = (size_t)cfg->head_dim_qk, .dv = dv,
+                           .scale = cfg->scale, .q = job->q + (size_t)i * job->q_stride};
+    const size_t row = (size_t)i * g;
+    const nsa_softmax_state state = {.max = c->state.max + row, .sum = c->state.sum + row,
+                                     .acc = c->state.acc + row * dv, .ldacc = dv};
+    nsa_attend_keys(&plan->kernels, &rows, &job->raw, first, last, c->row_first, c->row_last,
+                    &state, c->s, c->lo, c->hi);
+}
+
 /* Attends block's rows (the queries in list[0 .. count)) to its keys. */
 static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int64_t block,
                          const int32_t *list, int64_t count, chunk_scratch *c)
@@ -112,6 +139,11 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int6
     const size_t g = (size_t)plan->group_size, dk = (size_t)cfg->head_dim_qk;
     const size_t dv = (size_t)cfg->head_dim_v;
     const int64_t first = block * cfg->sel_block, last = first + cfg->sel_block - 1;
+    if (g >= IN_PLACE_GROUP) {
+        for (int64_t k = 0; k < count; k++)
+            attend_in_place(plan, job, list[k], first, last, c);
+        return;
+    }
     for (int64_t k = 0; k < count; k++) {
         const int64_t i = list[k], pos = job->first + i;
         const int64_t limit = cfg->causal ? pos : job->len - 1;
