@@ -14,11 +14,18 @@
 #include "select.h"
 #include "tile.h"
 
+/* Compressed keys per softmax step of the compressed branch: the step's
+ * scores (64 rows x 256) stay in cache between qk, softmax and pv. */
+enum { CMP_CHUNK_KEYS = 256 };
+
 /* A worker's scratch, carved out of one block of floats. */
 struct nsa_tile_scratch {
     float *q;            /* [m][Dk] the tile's rows, packed */
     float *s_cmp;        /* [m][lds_cmp] compressed scores, then probabilities */
     size_t lds_cmp;
+    float *chunk_max;    /* [m][ld_chunk]: each row's maximum after each chunk */
+    size_t ld_chunk;
+    float *weight;       /* [G]: one chunk's factors in the head sum */
     float *s;            /* [m][NSA_ATTEND_CHUNK] */
     float *p_sum;        /* [max compressed] */
     float *score;        /* [max blocks] */
@@ -59,6 +66,7 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     const size_t max_c = (size_t)nsa_num_compressed(cfg, max_len) + 1;
     const size_t lds_cmp = (size_t)ceil_div((int64_t)max_c, NSA_PANEL) * NSA_PANEL;
     const size_t max_blocks = (size_t)nsa_num_blocks(cfg, max_len) + 1;
+    const size_t ld_chunk = (size_t)ceil_div((int64_t)max_c, CMP_CHUNK_KEYS);
     size_t used = 0;
 #define CARVE(field, type, count)                                                  \
     do {                                                                           \
@@ -68,6 +76,8 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     } while (0)
     CARVE(q, float, m * dk);
     CARVE(s_cmp, float, m * lds_cmp);
+    CARVE(chunk_max, float, m * ld_chunk);
+    CARVE(weight, float, (size_t)plan->group_size);
     CARVE(s, float, m * NSA_ATTEND_CHUNK);
     CARVE(p_sum, float, max_c);
     CARVE(score, float, max_blocks);
@@ -85,8 +95,10 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     CARVE(union_blocks, int32_t, (size_t)max_queries * (size_t)cfg->sel_count);
     CARVE(lo, int32_t, m);
     CARVE(hi, int32_t, m);
-    if (f != NULL)
+    if (f != NULL) {
         t->lds_cmp = lds_cmp;
+        t->ld_chunk = ld_chunk;
+    }
 #undef CARVE
     return used;
 }
@@ -128,11 +140,36 @@ void nsa_choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, const f
     nsa_select_blocks(cfg, score, candidates, pos / cfg->sel_block, blocks);
 }
 
+/* p_sum of query tq (spec Eq. 9: the group's normalised compressed
+ * probabilities summed over its G rows): chunk by chunk, each row's
+ * probabilities brought from the chunk's maximum to the final one and
+ * divided by the row's total, with one pool per chunk. */
+static void head_sum(const nsa_plan *plan, const nsa_tile *tile, int64_t tq,
+                     nsa_tile_scratch *t)
+{
+    const int64_t g = plan->group_size;
+    const int64_t nc = nsa_visible_compressed(&plan->cfg, tile->first + tq, tile->len);
+    const nsa_softmax_state *cmp = &t->branch[0];
+    for (int64_t first = 0, c = 0; first < nc; first += CMP_CHUNK_KEYS, c++) {
+        for (int64_t i = 0; i < g; i++) {
+            const size_t r = (size_t)(tq * g + i);
+            t->weight[i] = cmp->sum[r] > 0.0f
+                               ? expf(t->chunk_max[r * t->ld_chunk + (size_t)c] - cmp->max[r]) /
+                                     cmp->sum[r]
+                               : 0.0f;
+        }
+        const int64_t keys = nc - first < CMP_CHUNK_KEYS ? nc - first : CMP_CHUNK_KEYS;
+        plan->kernels.pool((size_t)g, (size_t)keys, t->weight,
+                           t->s_cmp + (size_t)(tq * g) * t->lds_cmp + first, t->lds_cmp,
+                           t->p_sum + first);
+    }
+}
+
 /* The queries' blocks: the caller's (sorted), or chosen from the
  * compressed-branch probabilities left in t->s_cmp (spec section 3). */
 static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scratch *t)
 {
-    const int64_t n = plan->cfg.sel_count, g = plan->group_size;
+    const int64_t n = plan->cfg.sel_count;
     for (int64_t tq = 0; tq < tile->count; tq++) {
         int32_t *blocks = t->blocks + tq * n;
         if (tile->given != NULL) {
@@ -140,9 +177,8 @@ static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_s
                    (size_t)n * sizeof *blocks);
             nsa_normalize_blocks(blocks, (int32_t)n);
         } else {
-            nsa_choose_blocks(plan, tile->first + tq, tile->len,
-                              t->s_cmp + (size_t)(tq * g) * t->lds_cmp, t->lds_cmp,
-                              t->branch[0].sum + tq * g, t->p_sum, t->score, blocks);
+            head_sum(plan, tile, tq, t);
+            nsa_choose_from_sum(plan, tile->first + tq, tile->len, t->p_sum, t->score, blocks);
         }
         if (tile->indices_out != NULL)
             memcpy(tile->indices_out + (size_t)tq * tile->index_stride, blocks,
@@ -256,8 +292,9 @@ static void attend_window(const nsa_plan *plan, const nsa_rows *rows, const nsa_
                     t->s, t->lo, t->hi);
 }
 
-/* Compressed branch: one softmax step over every visible compressed token,
- * so the probabilities left in s_cmp are final (selection reads them). */
+/* Compressed branch: online softmax over the visible compressed tokens in
+ * chunks of CMP_CHUNK_KEYS, leaving each chunk's probabilities in s_cmp and
+ * the maximum they are relative to in chunk_max (selection reads both). */
 static void attend_compressed(const nsa_plan *plan, const nsa_rows *rows,
                               const nsa_keys *keys, int64_t len, int64_t t0, int64_t count,
                               nsa_tile_scratch *t)
@@ -266,16 +303,24 @@ static void attend_compressed(const nsa_plan *plan, const nsa_rows *rows,
     const int64_t g = plan->group_size;
     int64_t most = 0;
     for (int64_t tq = 0; tq < count; tq++) {
-        int64_t nc = nsa_visible_compressed(cfg, t0 + tq, len);
+        const int64_t nc = nsa_visible_compressed(cfg, t0 + tq, len);
         most = nc > most ? nc : most;
-        for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
-            t->lo[r] = 0;
-            t->hi[r] = (int32_t)nc - 1;
-        }
     }
-    if (most > 0)
-        nsa_attend_span(&plan->kernels, rows, keys, 0, ceil_div(most, NSA_PANEL), t->lo, t->hi,
-                        t->s_cmp, t->lds_cmp, &t->branch[0]);
+    for (int64_t first = 0, c = 0; first < most; first += CMP_CHUNK_KEYS, c++) {
+        const int64_t chunk = most - first < CMP_CHUNK_KEYS ? most - first : CMP_CHUNK_KEYS;
+        for (int64_t tq = 0; tq < count; tq++) {
+            const int64_t visible = nsa_visible_compressed(cfg, t0 + tq, len) - first;
+            for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
+                t->lo[r] = visible > 0 ? 0 : 1;
+                t->hi[r] = visible > 0 ? (int32_t)((visible < chunk ? visible : chunk) - 1) : 0;
+            }
+        }
+        nsa_attend_span(&plan->kernels, rows, keys, first / NSA_PANEL,
+                        ceil_div(chunk, NSA_PANEL), t->lo, t->hi, t->s_cmp + first, t->lds_cmp,
+                        &t->branch[0]);
+        for (size_t r = 0; r < rows->m; r++)
+            t->chunk_max[r * t->ld_chunk + (size_t)c] = t->branch[0].max[r];
+    }
 }
 
 /* Each branch's log-sum-exp per row, for the backward pass. */

@@ -87,9 +87,15 @@ static const fwd_case cases[] = {
       2, 1, 20, 12, 16,  8,  32,  4, 0, 1,   24, 1, 0, 0, 3, {7, 250, R}},
     {"geo32_16_128_mlp_pek", MLP,
       4, 2, 24, 16, 32, 16, 128,  4, 1, 2,  100, 1, 1, 0, 3, {200, 513, 31}},
+    /* Over 512 compressed tokens: the compressed branch takes several
+     * softmax chunks, and selection rescales them. */
+    {"many_cmp_geo4_2_8_mean_g16", MEAN,
+     16, 1, 16, 12,  4,  2,   8,  6, 1, 2,   40, 1, 0, 0, 2, {1200, 530}},
     /* Non-causal (spec section 9). */
     {"noncausal_mean_pek_odd_window", MEAN,
       4, 2, 24, 16, 32, 16,  64,  4, 1, 2,   65, 0, 1, 0, 6, {1, 31, 70, 100, 517, R}},
+    {"noncausal_many_cmp_geo4_2_8_weighted_g1", WEIGHTED,
+      2, 2, 12, 16,  4,  2,   8,  5, 1, 1,   33, 0, 1, 0, 2, {1100, 515}},
     {"noncausal_mean_pev_g1", MEAN,
       2, 2, 20, 12, 32, 16,  64,  3, 0, 1,   30, 0, 0, 1, 3, {64, 200, R}},
     {"noncausal_geo16_8_32_linear_pek_even_window", LINEAR,
