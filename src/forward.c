@@ -413,19 +413,27 @@ static nsa_status run_forward(const forward_call *call)
                         (long long)call->batch->total_tokens);
     }
 
+    int64_t phase_ns[4] = {nsa_now_ns()};
     nsa_work_queue_init(&run.queue, prepare_items(&run, run.items));
     nsa_pool_run(ctx->pool, prepare_worker, &run);
+    phase_ns[1] = nsa_now_ns();
 
     int64_t n = attend_items(&run, run.items);
     qsort(run.items, (size_t)n, sizeof *run.items, compare_cost_descending);
     nsa_work_queue_init(&run.queue, n);
     nsa_pool_run(ctx->pool, attend_worker, &run);
+    phase_ns[2] = nsa_now_ns();
 
     if (!call->dense) {
         nsa_work_queue_init(&run.queue, selected_items(&run, run.items));
         nsa_pool_run(ctx->pool, selected_worker, &run);
     }
+    phase_ns[3] = nsa_now_ns();
     run_free(&run, workers);
+    nsa_log(ctx, "%s of %lld tokens: pack and compress %.2f ms, tiles %.2f ms, selected %.2f ms",
+            call->dense ? "dense forward" : "forward", (long long)call->batch->total_tokens,
+            1e-6 * (double)(phase_ns[1] - phase_ns[0]), 1e-6 * (double)(phase_ns[2] - phase_ns[1]),
+            1e-6 * (double)(phase_ns[3] - phase_ns[2]));
     return NSA_SUCCESS;
 }
 

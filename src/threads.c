@@ -57,7 +57,7 @@ struct nsa_pool {
     atomic_int sleepers;  /* workers in (or entering) the wake wait */
 };
 
-static int64_t now_ns(void)
+int64_t nsa_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -128,12 +128,12 @@ static uint64_t generation(nsa_pool *pool)
  * one comes; returns 0 when the pool is stopping. */
 static int wait_for_call(nsa_pool *pool, uint64_t seen, int64_t spin_ns)
 {
-    const int64_t deadline = spin_ns > 0 ? now_ns() + spin_ns : 0;
+    const int64_t deadline = spin_ns > 0 ? nsa_now_ns() + spin_ns : 0;
     for (int spins = 1; spin_ns > 0; spins++) {
         if (generation(pool) != seen || atomic_load(&pool->stopping))
             return !atomic_load(&pool->stopping);
         cpu_relax();
-        if (spins % 64 == 0 && now_ns() > deadline)
+        if (spins % 64 == 0 && nsa_now_ns() > deadline)
             break;
     }
     pthread_mutex_lock(&pool->lock);
@@ -275,10 +275,10 @@ static void run(nsa_pool *pool, nsa_pool_task fn, void *arg, int eager)
 
     if (eager)
         atomic_store(&pool->state, call << 1); /* closed: active only falls */
-    const int64_t deadline = now_ns() + (eager ? pool->spin_ns : 0);
+    const int64_t deadline = nsa_now_ns() + (eager ? pool->spin_ns : 0);
     for (int spins = 1; !call_complete(pool, eager); spins++) {
         cpu_relax();
-        if (spins % 64 == 0 && now_ns() > deadline) {
+        if (spins % 64 == 0 && nsa_now_ns() > deadline) {
             pthread_mutex_lock(&pool->lock);
             while (!call_complete(pool, eager))
                 pthread_cond_wait(&pool->done, &pool->lock);

@@ -62,6 +62,9 @@ static inline int64_t nsa_work_queue_take(nsa_work_queue *queue)
     return item < queue->count ? item : -1;
 }
 
+/* A monotonic clock in nanoseconds (polling deadlines, verbose timings). */
+int64_t nsa_now_ns(void);
+
 /* Waits until *count is 0 (read with acquire ordering), spinning at first
  * and then yielding the CPU: for waits on other workers inside one call,
  * which last microseconds. */
