@@ -27,7 +27,7 @@ for part in "$@"; do
     case $part in
     suite)
         for isa in $(run isa-list); do
-            for t in test_api test_backward test_decode test_forward test_golden test_properties \
+            for t in test_api test_backward test_decode test_forward test_golden test_properties test_select \
                      test_ukernels decode quickstart; do
                 NSA_GOLDEN_DIR="$PACK/golden" NSA_MAX_ISA=$isa run "$t" >"$OUT/suite-$isa-$t.log" 2>&1
                 echo "suite: NSA_MAX_ISA=$isa $t rc=$?"

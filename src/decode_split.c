@@ -26,6 +26,7 @@
 
 #include "decode_split.h"
 #include "geometry.h"
+#include "select.h"
 #include "threads.h"
 #include "workspace.h"
 
@@ -48,6 +49,8 @@ typedef struct split_tile {
     float *factor;         /* [m][ldf]: merge weights, per unit of a branch */
     size_t ldf;            /* the most units of any branch */
     float *p_sum;          /* [count][lds]: Eq. 9's sums over the group */
+    float *score;          /* [count][ld_score]: block scores */
+    size_t ld_score;
     int32_t *blocks;       /* [count][n] chosen by each query */
     int32_t *union_blocks; /* [count * n] their union */
     int64_t units[3], unit_count[3]; /* each branch's first unit and count */
@@ -95,9 +98,9 @@ static int64_t ceil_div(int64_t a, int64_t b)
 }
 
 /* Worker scratch: a chunk of scores, row limits, bf16 conversion, and the
- * selection's block scores and row weights. */
+ * head sum's row weights. */
 typedef struct worker_scratch {
-    float *s, *convert, *score, *weight;
+    float *s, *convert, *weight;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
 } worker_scratch;
@@ -114,7 +117,6 @@ static size_t worker_scratch_carve(const split_run *run, char *base, worker_scra
     ws.convert = nsa_carve(&c, nsa_attend_convert_floats((size_t)cfg->head_dim_qk,
                                                          (size_t)cfg->head_dim_v) *
                                    sizeof(float));
-    ws.score = nsa_carve(&c, (size_t)(nsa_num_blocks(cfg, run->max_len) + 1) * sizeof(float));
     ws.weight = nsa_carve(&c, (size_t)run->plan->group_size * sizeof(float));
     ws.lo = nsa_carve(&c, m * sizeof(int32_t));
     ws.hi = nsa_carve(&c, m * sizeof(int32_t));
@@ -220,7 +222,8 @@ static void merge_units(const split_run *run, split_tile *t, int branch, size_t 
 /* The part of every query's p_sum (spec Eq. 9's sum over the group's heads
  * of the normalised compressed probabilities) that compressed unit u
  * covers: the G rows' probabilities weighted by their merge factor over
- * their total, summed with one pool. */
+ * their total, summed with one pool; then the scores of the blocks that
+ * read only that part. */
 static void head_sum(const split_run *run, split_tile *t, int64_t u, float *weight)
 {
     const nsa_plan *plan = run->plan;
@@ -236,9 +239,15 @@ static void head_sum(const split_run *run, split_tile *t, int64_t u, float *weig
             weight[r] = total > 0.0f ? t->factor[row * t->ldf + (size_t)u] / total : 0.0f;
         }
         const int64_t first = unit->first, last = unit->last < nc ? unit->last : nc - 1;
+        float *p_sum = t->p_sum + (size_t)tq * t->lds;
         plan->kernels.pool((size_t)g, (size_t)(last - first + 1), weight,
-                           t->s + (size_t)(tq * g) * t->lds + first, t->lds,
-                           t->p_sum + (size_t)tq * t->lds + first);
+                           t->s + (size_t)(tq * g) * t->lds + first, t->lds, p_sum + first);
+        /* The blocks whose scores need only this run of p_sum. */
+        int64_t j0, j1;
+        nsa_blocks_within(&plan->cfg, first, last, nc,
+                          nsa_candidate_blocks(&plan->cfg, t->tile.first + tq, t->tile.len),
+                          &j0, &j1);
+        nsa_block_scores(&plan->cfg, p_sum, nc, t->score + (size_t)tq * t->ld_score, j0, j1);
     }
 }
 
@@ -256,16 +265,40 @@ static void add_units(split_run *run, split_tile *t, int branch, int64_t first, 
     }
 }
 
-/* Chooses every query's blocks from its p_sum and lists the selected
- * units (one per block of their union). */
-static void choose_tile(split_run *run, split_tile *t, worker_scratch *w)
+/* Scores the blocks the head sums left (those reading two units' tokens)
+ * for query tq. */
+static void score_boundaries(const split_run *run, split_tile *t, int64_t tq, int64_t candidates)
+{
+    const nsa_config *cfg = &run->plan->cfg;
+    const int64_t nc = nsa_visible_compressed(cfg, t->tile.first + tq, t->tile.len);
+    const split_unit *units = run->units + t->units[CMP];
+    const float *p_sum = t->p_sum + (size_t)tq * t->lds;
+    float *score = t->score + (size_t)tq * t->ld_score;
+    int64_t next = 0; /* blocks below are scored */
+    for (int64_t u = 0; u < t->unit_count[CMP] && units[u].first < nc; u++) {
+        int64_t j0, j1;
+        nsa_blocks_within(cfg, units[u].first, units[u].last < nc ? units[u].last : nc - 1, nc,
+                          candidates, &j0, &j1);
+        if (j0 > next)
+            nsa_block_scores(cfg, p_sum, nc, score, next, j0);
+        next = j1 > next ? j1 : next;
+    }
+    nsa_block_scores(cfg, p_sum, nc, score, next, candidates);
+}
+
+/* Chooses every query's blocks from its block scores and lists the
+ * selected units (one per block of their union). */
+static void choose_tile(split_run *run, split_tile *t)
 {
     const nsa_plan *plan = run->plan;
     const int64_t n = plan->cfg.sel_count, l = plan->cfg.sel_block;
     for (int64_t tq = 0; tq < t->tile.count; tq++) {
+        const int64_t pos = t->tile.first + tq;
+        const int64_t candidates = nsa_candidate_blocks(&plan->cfg, pos, t->tile.len);
         int32_t *blocks = t->blocks + tq * n;
-        nsa_choose_from_sum(plan, t->tile.first + tq, t->tile.len,
-                            t->p_sum + (size_t)tq * t->lds, w->score, blocks);
+        score_boundaries(run, t, tq, candidates);
+        nsa_select_blocks(&plan->cfg, t->score + (size_t)tq * t->ld_score, candidates,
+                          pos / l, blocks);
         if (t->tile.indices_out != NULL)
             memcpy(t->tile.indices_out + (size_t)tq * t->tile.index_stride, blocks,
                    (size_t)n * sizeof *blocks);
@@ -319,7 +352,7 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
         break;
     case ITEM_CHOOSE:
         nsa_wait_zero(&t->sum_left);
-        choose_tile(run, t, w);
+        choose_tile(run, t);
         nsa_count_down(&t->select_left);
         break;
     case ITEM_SLOT:
@@ -396,6 +429,8 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         float *s = nsa_carve(&c, m * lds * sizeof(float));
         float *factor = nsa_carve(&c, m * (size_t)most * sizeof(float));
         float *p_sum = nsa_carve(&c, (size_t)tiles[i].count * lds * sizeof(float));
+        const size_t ld_score = (size_t)nsa_num_blocks(cfg, tiles[i].len) + 1;
+        float *score = nsa_carve(&c, (size_t)tiles[i].count * ld_score * sizeof(float));
         int32_t *blocks = nsa_carve(&c, n * sizeof(int32_t));
         int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
         split_tile *t = base != NULL ? &run->tiles[i] : NULL;
@@ -403,7 +438,8 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
             *t = (split_tile){.tile = tiles[i], .raw = tiles[i].raw,
                               .compressed = tiles[i].compressed, .m = m, .q = q, .s = s,
                               .lds = lds, .factor = factor, .ldf = (size_t)most,
-                              .p_sum = p_sum, .blocks = blocks,
+                              .p_sum = p_sum, .score = score, .ld_score = ld_score,
+                              .blocks = blocks,
                               .union_blocks = union_blocks, .slots = bounds[SLC],
                               .gate_parts = gate_parts};
         /* Per branch: the merged state, then the units' states with their

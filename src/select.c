@@ -13,7 +13,7 @@
 enum { MAX_KEPT_TAPS = 64 };
 
 void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, float *score,
-                      int64_t num_blocks)
+                      int64_t first_block, int64_t end_block)
 {
     /* omega(i, J) depends only on i's place in block J's span: with
      * stride = l'/d and lead = l/d - 1 (tokens reaching in from the block
@@ -29,7 +29,7 @@ void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, flo
         const int64_t end = start + width < stride ? start + width : stride;
         kept[k] = (float)(end - (start > 0 ? start : 0));
     }
-    for (int64_t j = 0; j < num_blocks; j++) {
+    for (int64_t j = first_block; j < end_block; j++) {
         const int64_t base = j * stride - lead;
         const int64_t k0 = base < 0 ? -base : 0;
         const int64_t k1 = nc - base < taps ? nc - base : taps; /* one past */
@@ -46,6 +46,25 @@ void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, flo
         }
         score[j] = total;
     }
+}
+
+void nsa_blocks_within(const nsa_config *cfg, int64_t first, int64_t last, int64_t nc,
+                       int64_t num_blocks, int64_t *first_block, int64_t *end_block)
+{
+    const int64_t width = cfg->cmp_block / cfg->cmp_stride;
+    const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = width - 1;
+    const int64_t taps = stride + lead;
+    /* Block J reads tokens J * stride - lead .. J * stride - lead + taps - 1,
+     * clipped to [0, nc - 1]. */
+    int64_t lo = first > 0 ? (first + lead + stride - 1) / stride : 0;
+    int64_t end = num_blocks;
+    if (last < nc - 1) {
+        const int64_t top = last + lead - taps + 1; /* J * stride <= top */
+        end = top >= 0 ? top / stride + 1 : 0;
+    }
+    end = end < num_blocks ? end : num_blocks;
+    *first_block = lo < end ? lo : end;
+    *end_block = end;
 }
 
 static int is_forced(const nsa_config *cfg, int64_t block, int64_t query_block)

@@ -10,12 +10,20 @@
 
 #include "nsa.h"
 
-/* score[J], J < num_blocks, from p_sum[i] = sum over the G heads of the
- * compressed-branch probability of compressed token i (i < nc): each
- * compressed token adds p_sum[i] * |window_i ∩ block_J| / d to the (at most
- * two) blocks its window overlaps. score is overwritten. */
+/* score[J], first_block <= J < end_block, from p_sum[i] = sum over the G
+ * heads of the compressed-branch probability of compressed token i
+ * (i < nc): each compressed token adds p_sum[i] * |window_i ∩ block_J| / d
+ * to the (at most two) blocks its window overlaps. Each score is computed
+ * the same way whichever range it is asked in. */
 void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, float *score,
-                      int64_t num_blocks);
+                      int64_t first_block, int64_t end_block);
+
+/* The blocks J < num_blocks whose scores read no compressed token outside
+ * [first, last] (last <= nc - 1, tokens past nc - 1 being read by none):
+ * [*first_block, *end_block), possibly empty. Lets workers that each hold
+ * a run of p_sum score the blocks inside it. */
+void nsa_blocks_within(const nsa_config *cfg, int64_t first, int64_t last, int64_t nc,
+                       int64_t num_blocks, int64_t *first_block, int64_t *end_block);
 
 /* Chooses min(n, num_candidates) blocks for a query in block query_block:
  * the forced ones (J < n_init, query_block - n_local < J <= query_block),

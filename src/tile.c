@@ -136,7 +136,7 @@ void nsa_choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, const f
 {
     const nsa_config *cfg = &plan->cfg;
     const int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
-    nsa_block_scores(cfg, p_sum, nsa_visible_compressed(cfg, pos, len), score, candidates);
+    nsa_block_scores(cfg, p_sum, nsa_visible_compressed(cfg, pos, len), score, 0, candidates);
     nsa_select_blocks(cfg, score, candidates, pos / cfg->sel_block, blocks);
 }
 
