@@ -117,10 +117,12 @@ typedef struct nsa_context_options {
     /* Worker threads used by each call. 0 = the NSA_NUM_THREADS environment
      * variable if set, else one per core. */
     int32_t num_threads;
-    /* 1 = bind each worker thread to its own core with hwloc; the calling
-     * thread works too, as the first core's worker: during a call it is
-     * moved onto that core if it runs elsewhere, and given its own binding
-     * back when the call returns. 0 = leave placement to the OS. */
+    /* 1 = bind each worker thread to its own core with hwloc, the workers
+     * spread over the NUMA nodes in proportion to their cores (a core each
+     * while there are enough); the calling thread works too, as the first
+     * worker: during a call it is moved onto that worker's core if it runs
+     * elsewhere, and given its own binding back when the call returns.
+     * 0 = leave placement to the OS. */
     int32_t bind_threads;
     /* The highest instruction set the kernels may use: an nsa_isa value, or
      * -1 = the NSA_MAX_ISA environment variable (ref, avx2, avx512 or neon)

@@ -1,26 +1,31 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * threads.c — a small persistent pthread pool. A call bumps a generation
- * number and every worker runs the call's function once. After an eager
- * call (a short one, such as a decode step) a worker polls for the next
- * generation for a while (the spin time: such calls come back to back, and
- * waking a sleeping thread costs tens of microseconds on virtual
- * machines) before it sleeps on a condition variable, and the caller polls
- * for its workers the same way. After a long call they sleep at once: a
- * thread polling beside a busy SMT sibling slows it down (measured: the
- * 64K forward ran 3-4 % slower with polling after every call). Threads are bound to cores with hwloc so that memory they first touch
- * stays on their NUMA node and the OS does not migrate them mid-call.
- * Worker i >= 1 is bound to core i, and a bound pool moves its caller
- * (worker 0) onto core 0 for the call when the scheduler left it on
- * another core: a caller sharing a core with a pinned worker would take
- * turns with it instead of running beside it.
- * An eager call closes when the caller's share is done: workers that wake
- * later see it closed and go back to sleep.
+ * number and every worker runs the call's function once.
+ *
+ * Waiting: after an eager call (a short one, such as a decode step) a
+ * worker polls for the next generation for a while (the spin time: such
+ * calls come back to back, and waking a sleeping thread costs tens of
+ * microseconds on virtual machines) before it sleeps on a condition
+ * variable, and the caller polls for its workers the same way. After a long
+ * call they sleep at once: a thread polling beside a busy SMT sibling slows
+ * it down (measured: the 64K forward ran 3-4 % slower with polling after
+ * every call). An eager call closes when the caller's share is done:
+ * workers that wake later see it closed and go back to sleep.
+ *
+ * Placement: workers are bound with hwloc to the cores placement.c picks
+ * (spread over the NUMA nodes, a core each while there are enough), so
+ * that memory they first touch stays on their node and the OS does not
+ * migrate them mid-call. The caller is worker 0: a bound pool moves it onto
+ * worker 0's core for the call when the scheduler left it elsewhere (a
+ * caller sharing a core with a pinned worker would take turns with it
+ * instead of running beside it), and gives it its own binding back after.
  */
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 
+#include "placement.h"
 #include "threads.h"
 
 typedef struct worker {
@@ -35,6 +40,7 @@ struct nsa_pool {
     int bind;
     int64_t spin_ns; /* how long an idle worker or a waiting caller polls */
     worker *workers; /* [num_threads]; entry 0 is the caller, no thread */
+    int32_t *core_of; /* bound pools: each worker's core (placement.h) */
     hwloc_bitmap_t caller_set; /* bound pools: one PU of core 0 */
     hwloc_bitmap_t saved_set;  /* the caller's own binding during a call */
 
@@ -76,10 +82,10 @@ static inline void cpu_relax(void)
 /* One PU of the core of worker `index` (SMT siblings kept apart), or NULL. */
 static hwloc_bitmap_t core_set(nsa_pool *pool, int32_t index)
 {
-    int cores = hwloc_get_nbobjs_by_type(pool->topology, HWLOC_OBJ_CORE);
-    hwloc_obj_t core = cores > 0 ? hwloc_get_obj_by_type(pool->topology, HWLOC_OBJ_CORE,
-                                                         (unsigned)(index % cores))
-                                 : NULL;
+    if (pool->core_of == NULL)
+        return NULL;
+    hwloc_obj_t core =
+        hwloc_get_obj_by_type(pool->topology, HWLOC_OBJ_CORE, (unsigned)pool->core_of[index]);
     if (core == NULL || core->cpuset == NULL)
         return NULL;
     hwloc_bitmap_t set = hwloc_bitmap_dup(core->cpuset);
@@ -209,6 +215,11 @@ nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int b
     pool->spin_ns = (int64_t)spin_us * 1000;
     pool->workers = workers;
     if (bind && num_threads > 1) {
+        pool->core_of = malloc((size_t)num_threads * sizeof *pool->core_of);
+        if (pool->core_of != NULL && nsa_place_workers(topology, num_threads, pool->core_of) != 0) {
+            free(pool->core_of); /* no cores known: leave placement to the OS */
+            pool->core_of = NULL;
+        }
         pool->caller_set = core_set(pool, 0);
         pool->saved_set = hwloc_bitmap_alloc();
     }
@@ -242,6 +253,7 @@ void nsa_pool_destroy(nsa_pool *pool)
         hwloc_bitmap_free(pool->caller_set);
     if (pool->saved_set != NULL)
         hwloc_bitmap_free(pool->saved_set);
+    free(pool->core_of);
     free(pool->workers);
     free(pool);
 }

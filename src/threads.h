@@ -22,9 +22,12 @@ typedef struct nsa_pool nsa_pool;
 typedef void (*nsa_pool_task)(void *arg, int32_t worker, int32_t num_workers);
 
 /* Starts num_threads - 1 threads (the caller is the last one). With bind,
- * worker i is bound to core i % cores with hwloc, and a caller found
- * running on another core than core 0 is moved there for the call and
- * then given its own binding back. Errors: NSA_ERROR_OUT_OF_MEMORY, NSA_ERROR_SYSTEM. */
+ * worker i is bound to the core nsa_place_workers gives it, and a caller
+ * found running on another core than worker 0's is moved there for the
+ * call and then given its own binding back (bindings are best effort: a
+ * refused one only costs locality). spin_us: how long workers and caller
+ * poll after an eager call. Errors: NSA_ERROR_OUT_OF_MEMORY,
+ * NSA_ERROR_SYSTEM. */
 nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int bind,
                            int32_t spin_us, nsa_pool **pool);
 void nsa_pool_destroy(nsa_pool *pool);
