@@ -519,6 +519,10 @@ NSA_API nsa_status nsa_cache_append(nsa_cache *cache, int64_t count, const float
  *
  * Long caches are split across the context's threads and merged with
  * their log-sum-exp; results do not depend on the thread count.
+ * Memory: the scratch (a few MB for one long cache) is kept by the context
+ * for the next call, so repeated steps neither allocate nor fault pages; it
+ * is freed with the context. After a call the workers poll for the next
+ * one for the context's spin_us.
  * Errors: NSA_ERROR_NULL_POINTER, NSA_ERROR_INVALID_DIMENSION (B < 0),
  * NSA_ERROR_INVALID_SEQLENS (cu_queries malformed, or m_b > L_b),
  * NSA_ERROR_MISMATCH (a cache made for other shapes, or a non-causal plan),

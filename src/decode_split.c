@@ -11,14 +11,16 @@
  *
  * A step is short (tens of microseconds), so it is one eager pool run with
  * no barrier: a fixed list of items — every tile's compressed units, its
- * selection (merges and head sums of a few rows or one unit each, then the
- * choice), its window units, slots for its selected blocks, and its gate
- * items — is handed out in order, and an item that needs earlier ones
- * waits on the tile's counters. The window units come after the choice,
- * the one serial step, so that the workers it leaves idle take them. Items
- * are taken in order and only wait on earlier items, so some worker always
- * makes progress; workers that wake late find the list empty. The buffers live in the context's kept workspace: repeated steps
- * neither allocate nor fault pages.
+ * selection (merges of one row each, head sums of one compressed unit
+ * each, which also score the blocks inside that unit, then the choice),
+ * its window units, slots for its selected blocks, and its gate items of
+ * one row each — is handed out in order, and an item that needs earlier
+ * ones waits on the tile's counters. The window units come after the
+ * choice, the one serial step, so that the workers it leaves idle take
+ * them. Items are taken in order and only wait on earlier items, so some
+ * worker always makes progress; workers that wake late find the list empty.
+ * The buffers live in the context's kept workspace: repeated steps neither
+ * allocate nor fault pages.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -56,7 +58,7 @@ typedef struct split_tile {
     int64_t units[3], unit_count[3]; /* each branch's first unit and count */
     int64_t slots;                   /* selected-block slots: >= unit_count[SLC] */
     nsa_softmax_state merged[3];
-    int64_t gate_parts; /* gate items per query */
+    int64_t gate_parts;              /* gate items per query */
     /* Items still to finish before the next step of the tile may start. */
     atomic_int_fast64_t cmp_left;     /* compressed units: then merge */
     atomic_int_fast64_t merge_left;   /* their merge: then head sums */
@@ -185,11 +187,10 @@ static void run_unit(const split_run *run, const split_unit *u, worker_scratch *
 /* ------------------------------------------------------ tiles: merging -- */
 
 /* Rows [first_row, end_row) of merged = the log-sum-exp merge of the
- * branch's units, in unit order;
- * leaves row r's unit weights exp(max_unit - max) in factor[r][unit] (rows
- * apart, so gate items merge their rows side by side). The
- * units' accumulators lie [unit][m][dv], so row r of the merge is one pool
- * (a weighted sum of rows) over the units. */
+ * branch's units, in unit order; leaves row r's unit weights
+ * exp(max_unit - max) in factor[r][unit] (rows apart, so items merge their
+ * rows side by side). The units' accumulators lie [unit][m][dv], so row r
+ * of the merge is one pool (a weighted sum of rows) over the units. */
 static void merge_units(const split_run *run, split_tile *t, int branch, size_t first_row,
                         size_t end_row)
 {

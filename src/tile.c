@@ -116,23 +116,13 @@ static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, float *q)
         memcpy(q + (size_t)i * row_floats, tile->q + (size_t)i * tile->q_stride,
                row_floats * sizeof *q);
 }
-void nsa_choose_blocks(const nsa_plan *plan, int64_t pos, int64_t len, const float *p,
-                       size_t ldp, const float *sum, float *p_sum, float *score, int32_t *blocks)
-{
-    const int64_t nc = nsa_visible_compressed(&plan->cfg, pos, len);
-    /* Row by row, so the inner loop runs along contiguous probabilities. */
-    for (int64_t i = 0; i < nc; i++)
-        p_sum[i] = 0.0f;
-    for (int64_t r = 0; r < plan->group_size; r++) {
-        const float inv = 1.0f / sum[r], *pr = p + (size_t)r * ldp;
-        for (int64_t i = 0; i < nc; i++)
-            p_sum[i] += pr[i] * inv;
-    }
-    nsa_choose_from_sum(plan, pos, len, p_sum, score, blocks);
-}
 
-void nsa_choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, const float *p_sum,
-                         float *score, int32_t *blocks)
+/* Blocks for the query at position pos of a sequence of len keys, from
+ * p_sum (spec Eq. 9's normalised compressed probabilities summed over the
+ * group's G rows); score is scratch for the blocks. Writes n blocks,
+ * ascending, -1 padded. */
+static void choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, const float *p_sum,
+                            float *score, int32_t *blocks)
 {
     const nsa_config *cfg = &plan->cfg;
     const int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
@@ -178,7 +168,7 @@ static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_s
             nsa_normalize_blocks(blocks, (int32_t)n);
         } else {
             head_sum(plan, tile, tq, t);
-            nsa_choose_from_sum(plan, tile->first + tq, tile->len, t->p_sum, t->score, blocks);
+            choose_from_sum(plan, tile->first + tq, tile->len, t->p_sum, t->score, blocks);
         }
         if (tile->indices_out != NULL)
             memcpy(tile->indices_out + (size_t)tq * tile->index_stride, blocks,

@@ -68,18 +68,6 @@ void nsa_tile_attend_dense(const nsa_plan *plan, const nsa_tile *tile, int64_t m
 
 /* Pieces of a tile's work, for decode's split path (decode_split.c). */
 
-/* Blocks for the query at position pos of a sequence of len keys, from the
- * compressed-branch probabilities of its G rows: row r's at p + r * ldp,
- * unnormalised, sum[r] their total. p_sum and score are scratch for the
- * compressed tokens and the blocks. Writes n blocks, ascending, -1 padded. */
-void nsa_choose_blocks(const nsa_plan *plan, int64_t pos, int64_t len, const float *p,
-                       size_t ldp, const float *sum, float *p_sum, float *score, int32_t *blocks);
-
-/* The same from p_sum: the normalised probabilities already summed over
- * the G rows, one per compressed token the query sees. */
-void nsa_choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, const float *p_sum,
-                         float *score, int32_t *blocks);
-
 /* The union of count queries' chosen blocks ([count][n], each ascending,
  * -1 padded) into blocks, ascending; returns its size. */
 int64_t nsa_union_blocks(const nsa_plan *plan, int64_t count, const int32_t *chosen,

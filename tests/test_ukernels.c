@@ -114,8 +114,8 @@ static void expect_region(const char *what, const float *got, const float *want,
 
 static void check_qk(nsa_qk_ukernel *fn, const char *name)
 {
-    static const size_t ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 33};
-    static const size_t nps[] = {1, 2, 3, 4, 5};
+    static const size_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 24, 33};
+    static const size_t nps[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
     static const size_t dks[] = {1, 3, 8, 17, 64, 128, 129};
     for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
         for (size_t b = 0; b < sizeof nps / sizeof *nps; b++)
