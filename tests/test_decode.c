@@ -14,6 +14,7 @@
  * (fp32) or bf16-perturbed scores.
  */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -319,6 +320,88 @@ static void test_threads_do_not_change_bits(void **state)
     tu_problem_free(&p);
 }
 
+/* Several threads calling nsa_forward and nsa_decode at once on one
+ * context, plan and cache (the header allows it: calls take turns on the
+ * workers, a second decode finds the kept workspace taken and allocates its
+ * own) get exactly the results of the same calls made one at a time. */
+enum { CALLERS = 3, ROUNDS = 4 };
+
+typedef struct caller {
+    pthread_t thread;
+    const nsa_plan *plan;
+    const nsa_cache *cache;
+    const tu_problem *p;
+    float *forward_out, *decode_out;
+    nsa_status status;
+} caller;
+
+static nsa_status both_calls(const nsa_plan *plan, const nsa_cache *cache, const tu_problem *p,
+                             float *forward_out, float *decode_out)
+{
+    const nsa_config *cfg = &p->cfg;
+    const int64_t len = p->total_tokens, cu[2] = {0, 2}; /* the last two tokens */
+    const nsa_batch batch = {p->num_seqs, p->total_tokens, p->cu_seqlens};
+    const nsa_cache *one[1] = {cache};
+    nsa_status st = nsa_forward(plan, &batch, p->q, p->k, p->v, p->gates, &p->cmp_k, &p->cmp_v,
+                                forward_out, NULL);
+    if (st == NSA_SUCCESS)
+        st = nsa_decode(plan, 1, one, cu, p->q + (size_t)((len - 2) * cfg->num_q_heads) *
+                                                     (size_t)cfg->head_dim_qk,
+                        p->gates + (size_t)((len - 2) * cfg->num_q_heads * 3), decode_out, NULL);
+    return st;
+}
+
+static void *caller_main(void *opaque)
+{
+    caller *c = opaque;
+    for (int r = 0; r < ROUNDS && c->status == NSA_SUCCESS; r++)
+        c->status = both_calls(c->plan, c->cache, c->p, c->forward_out, c->decode_out);
+    return NULL;
+}
+
+static void test_concurrent_calls_match_serial(void **state)
+{
+    (void)state;
+    tu_rng rng = tu_rng_for("concurrent");
+    nsa_config cfg;
+    nsa_config_init(&cfg, 8, 1, 16, 16);
+    const int64_t len = 2500;
+    tu_problem p;
+    assert_int_equal(tu_problem_init(&p, &cfg, &len, 1, 0, 0, &rng), 0);
+    nsa_plan *plan;
+    nsa_cache *cache;
+    assert_int_equal(nsa_plan_create(tu_context(), &cfg, &plan), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_create(plan, len, NSA_DTYPE_F32, &cache), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_append(cache, len, p.k, p.v, &p.cmp_k, &p.cmp_v), NSA_SUCCESS);
+    const size_t forward_floats = (size_t)(len * cfg.num_q_heads * cfg.head_dim_v);
+    const size_t decode_floats = (size_t)(2 * cfg.num_q_heads * cfg.head_dim_v);
+    float *want_forward = tu_xcalloc(forward_floats, sizeof(float));
+    float *want_decode = tu_xcalloc(decode_floats, sizeof(float));
+    assert_int_equal(both_calls(plan, cache, &p, want_forward, want_decode), NSA_SUCCESS);
+
+    caller callers[CALLERS];
+    for (int i = 0; i < CALLERS; i++) {
+        callers[i] = (caller){.plan = plan, .cache = cache, .p = &p, .status = NSA_SUCCESS,
+                              .forward_out = tu_xcalloc(forward_floats, sizeof(float)),
+                              .decode_out = tu_xcalloc(decode_floats, sizeof(float))};
+        assert_int_equal(pthread_create(&callers[i].thread, NULL, caller_main, &callers[i]), 0);
+    }
+    for (int i = 0; i < CALLERS; i++)
+        assert_int_equal(pthread_join(callers[i].thread, NULL), 0);
+    for (int i = 0; i < CALLERS; i++) {
+        assert_int_equal(callers[i].status, NSA_SUCCESS);
+        assert_memory_equal(callers[i].forward_out, want_forward, forward_floats * sizeof(float));
+        assert_memory_equal(callers[i].decode_out, want_decode, decode_floats * sizeof(float));
+        free(callers[i].forward_out);
+        free(callers[i].decode_out);
+    }
+    free(want_forward);
+    free(want_decode);
+    nsa_cache_destroy(cache);
+    nsa_plan_destroy(plan);
+    tu_problem_free(&p);
+}
+
 static int teardown_group(void **state)
 {
     (void)state;
@@ -329,11 +412,12 @@ static int teardown_group(void **state)
 int main(void)
 {
     enum { NUM_CASES = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[NUM_CASES + 2];
+    struct CMUnitTest tests[NUM_CASES + 3];
     tu_announce_seed("test_decode");
     for (size_t i = 0; i < NUM_CASES; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, run_case, NULL, NULL, (void *)&cases[i]};
     tests[NUM_CASES] = (struct CMUnitTest)cmocka_unit_test(test_cache_errors);
     tests[NUM_CASES + 1] = (struct CMUnitTest)cmocka_unit_test(test_threads_do_not_change_bits);
+    tests[NUM_CASES + 2] = (struct CMUnitTest)cmocka_unit_test(test_concurrent_calls_match_serial);
     return cmocka_run_group_tests(tests, NULL, teardown_group);
 }
