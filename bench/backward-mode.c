@@ -385,24 +385,9 @@ static void report_json(const bench_run_info *info, const backward_result *r)
 int bench_backward_mode(const bench_options *opt)
 {
     backward_ctx r = {.opt = opt};
-    nsa_context_options co;
-    nsa_context_options_init(&co);
-    co.num_threads = opt->threads;
-    co.max_isa = opt->max_isa;
-    nsa_status st = nsa_context_create(&co, &r.ctx);
-    if (st != NSA_SUCCESS) {
-        fprintf(stderr, "nsa-bench: nsa_context_create: %s\n", nsa_status_string(st));
-        return 1;
-    }
     nsa_config cfg;
-    nsa_config_init(&cfg, opt->q_heads, opt->kv_heads, opt->dim_qk, opt->dim_v);
-    st = nsa_plan_create(r.ctx, &cfg, &r.plan);
-    if (st != NSA_SUCCESS) {
-        fprintf(stderr, "nsa-bench: nsa_plan_create: %s: %s\n", nsa_status_string(st),
-                nsa_context_last_error(r.ctx));
-        nsa_context_destroy(r.ctx);
+    if (bench_open_library(opt, &cfg, &r.ctx, &r.plan) != 0)
         return 1;
-    }
     r.threads = nsa_context_num_threads(r.ctx);
     r.isa = nsa_context_isa(r.ctx);
 

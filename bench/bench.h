@@ -98,6 +98,12 @@ typedef struct bench_problem {
     float *q, *k, *v, *gates;
 } bench_problem;
 
+/* The library as the options ask for it: a context (threads, ISA cap) and
+ * a plan for the paper's defaults with the options' heads and dims, which
+ * go to *cfg. Returns 0, or 1 after printing why not (nothing left). */
+int bench_open_library(const bench_options *opt, nsa_config *cfg, nsa_context **ctx,
+                       nsa_plan **plan);
+
 /* Random q, k, v in [-1, 1] and gates in [0, 1], reproducible from seed.
  * Returns 0 or -1 (out of memory; nothing left allocated). */
 int bench_problem_init(bench_problem *p, const nsa_config *cfg, int64_t seqlen, uint64_t seed);

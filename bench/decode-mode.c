@@ -206,17 +206,9 @@ static void run_size(decode_bench *d, nsa_dtype dtype, int64_t len, double bandw
 int bench_decode_mode(const bench_options *opt)
 {
     decode_bench d = {.opt = opt};
-    nsa_context_options copts;
-    nsa_context_options_init(&copts);
-    copts.num_threads = opt->threads;
-    copts.max_isa = opt->max_isa;
     nsa_config cfg;
-    nsa_config_init(&cfg, opt->q_heads, opt->kv_heads, opt->dim_qk, opt->dim_v);
-    if (nsa_context_create(&copts, &d.ctx) != NSA_SUCCESS ||
-        nsa_plan_create(d.ctx, &cfg, &d.plan) != NSA_SUCCESS) {
-        fprintf(stderr, "nsa-bench: decode: %s\n", nsa_context_last_error(d.ctx));
+    if (bench_open_library(opt, &cfg, &d.ctx, &d.plan) != 0)
         return 1;
-    }
     d.threads = nsa_context_num_threads(d.ctx);
     const size_t rows = (size_t)cfg.num_q_heads, dk = (size_t)cfg.head_dim_qk;
     const size_t dv = (size_t)cfg.head_dim_v, t = (size_t)d.threads, g = (size_t)(cfg.num_q_heads / cfg.num_kv_heads);

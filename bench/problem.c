@@ -7,9 +7,34 @@
  * attends are counted (2 (Dk + Dv) per query head and key), the way
  * nsa-demo counts, so NSA and dense numbers are comparable work rates.
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "bench.h"
+
+int bench_open_library(const bench_options *opt, nsa_config *cfg, nsa_context **ctx,
+                       nsa_plan **plan)
+{
+    nsa_context_options co;
+    nsa_context_options_init(&co);
+    co.num_threads = opt->threads;
+    co.max_isa = opt->max_isa;
+    nsa_status st = nsa_context_create(&co, ctx);
+    if (st != NSA_SUCCESS) {
+        fprintf(stderr, "nsa-bench: nsa_context_create: %s\n", nsa_status_string(st));
+        return 1;
+    }
+    nsa_config_init(cfg, opt->q_heads, opt->kv_heads, opt->dim_qk, opt->dim_v);
+    st = nsa_plan_create(*ctx, cfg, plan);
+    if (st != NSA_SUCCESS) {
+        fprintf(stderr, "nsa-bench: nsa_plan_create: %s: %s\n", nsa_status_string(st),
+                nsa_context_last_error(*ctx));
+        nsa_context_destroy(*ctx);
+        *ctx = NULL;
+        return 1;
+    }
+    return 0;
+}
 
 /* xorshift64*, as nsa-demo: reproducible inputs without libc's rand. */
 static float next_uniform(uint64_t *state, float lo, float hi)
