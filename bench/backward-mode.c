@@ -258,16 +258,6 @@ static FILE *human(const bench_options *opt)
     return opt->json ? stderr : stdout;
 }
 
-static double gflops(const bench_method *m)
-{
-    return m->outcome == BENCH_MEASURED && m->seconds > 0 ? m->flops / m->seconds * 1e-9 : NAN;
-}
-
-static double ms(const bench_method *m)
-{
-    return m->outcome == BENCH_MEASURED ? m->seconds * 1e3 : NAN;
-}
-
 static void report_table(const bench_run_info *info, const backward_result *r)
 {
     FILE *f = human(info->opt);
@@ -286,7 +276,7 @@ static void report_table(const bench_run_info *info, const backward_result *r)
             fprintf(f, "%-38s %11s  %s\n", method_names[i], what, m->note);
             continue;
         }
-        const double g = gflops(m), executed = g * executed_forwards[i] / useful_forwards;
+        const double g = bench_method_gflops(m), executed = g * executed_forwards[i] / useful_forwards;
         fprintf(f, "%-38s %11.2f %9.1f", method_names[i], m->seconds * 1e3, g);
         if (info->peak_gflops > 0)
             fprintf(f, " %6.1f%% %8.1f%%", 100.0 * g / info->peak_gflops,
@@ -310,28 +300,6 @@ static void report_table(const bench_run_info *info, const backward_result *r)
     fflush(f);
 }
 
-static void json_number(FILE *f, const char *key, double value, int decimals)
-{
-    if (isfinite(value))
-        fprintf(f, ",\"%s\":%.*f", key, decimals, value);
-    else
-        fprintf(f, ",\"%s\":null", key);
-}
-
-static void json_string(FILE *f, const char *key, const char *value)
-{
-    fprintf(f, ",\"%s\":\"", key);
-    for (const char *c = value; *c != '\0'; c++) {
-        if (*c == '"' || *c == '\\')
-            fprintf(f, "\\%c", *c);
-        else if ((unsigned char)*c < 0x20)
-            fprintf(f, "\\u%04x", (unsigned)*c);
-        else
-            fputc(*c, f);
-    }
-    fputc('"', f);
-}
-
 static void report_json(const bench_run_info *info, const backward_result *r)
 {
     if (!info->opt->json)
@@ -345,37 +313,37 @@ static void report_json(const bench_run_info *info, const backward_result *r)
     for (int i = 0; i < BWD_METHODS; i++) {
         char key[40];
         snprintf(key, sizeof key, "%s_ms", json_keys[i]);
-        json_number(f, key, ms(&m[i]), 3);
+        bench_json_number(f, key, bench_method_ms(&m[i]), 3);
     }
-    json_number(f, "speedup", ms(&m[BWD_DENSE]) / ms(&m[BWD_NSA]), 3);
-    json_number(f, "speedup_recompute", ms(&m[BWD_DENSE]) / ms(&m[BWD_NSA_RECOMPUTE]), 3);
+    bench_json_number(f, "speedup", bench_method_ms(&m[BWD_DENSE]) / bench_method_ms(&m[BWD_NSA]), 3);
+    bench_json_number(f, "speedup_recompute", bench_method_ms(&m[BWD_DENSE]) / bench_method_ms(&m[BWD_NSA_RECOMPUTE]), 3);
     for (int i = 0; i < BWD_METHODS; i++) {
         char key[40];
         snprintf(key, sizeof key, "%s_gflops", json_keys[i]);
-        json_number(f, key, gflops(&m[i]), 2);
+        bench_json_number(f, key, bench_method_gflops(&m[i]), 2);
     }
-    json_number(f, "peak_gflops", peak, 2);
-    json_number(f, "pct_peak", 100.0 * gflops(&m[BWD_NSA]) / peak, 2);
-    json_number(f, "dense_pct_peak", 100.0 * gflops(&m[BWD_DENSE]) / peak, 2);
-    json_number(f, "executed_pct_peak",
-                100.0 * gflops(&m[BWD_NSA]) * executed_forwards[BWD_NSA] / useful_forwards / peak,
+    bench_json_number(f, "peak_gflops", peak, 2);
+    bench_json_number(f, "pct_peak", 100.0 * bench_method_gflops(&m[BWD_NSA]) / peak, 2);
+    bench_json_number(f, "dense_pct_peak", 100.0 * bench_method_gflops(&m[BWD_DENSE]) / peak, 2);
+    bench_json_number(f, "executed_pct_peak",
+                100.0 * bench_method_gflops(&m[BWD_NSA]) * executed_forwards[BWD_NSA] / useful_forwards / peak,
                 2);
-    json_number(f, "dense_executed_pct_peak",
-                100.0 * gflops(&m[BWD_DENSE]) * executed_forwards[BWD_DENSE] / useful_forwards /
+    bench_json_number(f, "dense_executed_pct_peak",
+                100.0 * bench_method_gflops(&m[BWD_DENSE]) * executed_forwards[BWD_DENSE] / useful_forwards /
                     peak,
                 2);
-    json_number(f, "bandwidth_gbs", bw, 2);
-    json_number(f, "flop_ratio", bench_dense_flops(c, r->seqlen) / bench_nsa_flops(c, r->seqlen),
+    bench_json_number(f, "bandwidth_gbs", bw, 2);
+    bench_json_number(f, "flop_ratio", bench_dense_flops(c, r->seqlen) / bench_nsa_flops(c, r->seqlen),
                 3);
-    json_number(f, "recompute_max_diff", r->recompute_max_diff, 9);
-    json_number(f, "loadavg", r->load_before, 2);
+    bench_json_number(f, "recompute_max_diff", r->recompute_max_diff, 9);
+    bench_json_number(f, "loadavg", r->load_before, 2);
     fprintf(f, ",\"threads\":%d", info->threads);
-    json_string(f, "isa", nsa_isa_name(info->isa));
+    bench_json_string(f, "isa", nsa_isa_name(info->isa));
     fprintf(f, ",\"q_heads\":%d,\"kv_heads\":%d,\"dim_qk\":%d,\"dim_v\":%d", (int)c->num_q_heads,
             (int)c->num_kv_heads, (int)c->head_dim_qk, (int)c->head_dim_v);
-    json_string(f, "stat", info->opt->median ? "median" : "best");
+    bench_json_string(f, "stat", info->opt->median ? "median" : "best");
     fprintf(f, ",\"repeats\":%d", (int)info->opt->repeats);
-    json_string(f, "cpu", info->machine->cpu);
+    bench_json_string(f, "cpu", info->machine->cpu);
     fprintf(f, "}\n");
     fflush(f);
 }

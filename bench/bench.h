@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "config.h"
 #include "nsa.h"
@@ -268,6 +269,15 @@ typedef struct bench_run_info {
 void bench_report_header(const bench_run_info *info);
 void bench_report_table(const bench_run_info *info, const bench_result *r);
 void bench_report_json(const bench_run_info *info, const bench_result *r);
+
+/* A method's time in ms and useful GFLOP/s, NAN when it was not measured. */
+double bench_method_ms(const bench_method *m);
+double bench_method_gflops(const bench_method *m);
+
+/* JSON members `,"key":value` of the --json lines: a number (null when it
+ * is not one: not measured, not comparable) and an escaped string. */
+void bench_json_number(FILE *f, const char *key, double value, int decimals);
+void bench_json_string(FILE *f, const char *key, const char *value);
 /* Method names for reports and plots. */
 const char *bench_method_name(int method);
 

@@ -82,9 +82,14 @@ void bench_report_header(const bench_run_info *info)
     fflush(f);
 }
 
-static double gflops(const bench_method *m)
+double bench_method_gflops(const bench_method *m)
 {
     return m->outcome == BENCH_MEASURED && m->seconds > 0 ? m->flops / m->seconds * 1e-9 : NAN;
+}
+
+double bench_method_ms(const bench_method *m)
+{
+    return m->outcome == BENCH_MEASURED ? m->seconds * 1e3 : NAN;
 }
 
 void bench_report_table(const bench_run_info *info, const bench_result *r)
@@ -106,7 +111,7 @@ void bench_report_table(const bench_run_info *info, const bench_result *r)
             fprintf(f, "%-34s %11s  %s\n", bench_method_name(i), what, m->note);
             continue;
         }
-        const double g = gflops(m);
+        const double g = bench_method_gflops(m);
         fprintf(f, "%-34s %11.2f %9.1f", bench_method_name(i), m->seconds * 1e3, g);
         if (info->peak_gflops > 0)
             fprintf(f, " %6.1f%%", 100.0 * g / info->peak_gflops);
@@ -129,7 +134,7 @@ void bench_report_table(const bench_run_info *info, const bench_result *r)
 
 /* ----------------------------------------------------------------- JSON -- */
 
-static void json_string(FILE *f, const char *key, const char *value)
+void bench_json_string(FILE *f, const char *key, const char *value)
 {
     fprintf(f, ",\"%s\":\"", key);
     for (const char *c = value; *c != '\0'; c++) {
@@ -143,18 +148,12 @@ static void json_string(FILE *f, const char *key, const char *value)
     fputc('"', f);
 }
 
-/* A number, or null when it is not one (not measured, not comparable). */
-static void json_number(FILE *f, const char *key, double value, int decimals)
+void bench_json_number(FILE *f, const char *key, double value, int decimals)
 {
     if (isfinite(value))
         fprintf(f, ",\"%s\":%.*f", key, decimals, value);
     else
         fprintf(f, ",\"%s\":null", key);
-}
-
-static double ms(const bench_method *m)
-{
-    return m->outcome == BENCH_MEASURED ? m->seconds * 1e3 : NAN;
 }
 
 void bench_report_json(const bench_run_info *info, const bench_result *r)
@@ -171,33 +170,33 @@ void bench_report_json(const bench_run_info *info, const bench_result *r)
     for (int i = 0; i < BENCH_METHODS; i++) {
         char key[40];
         snprintf(key, sizeof key, "%s_ms", keys[i]);
-        json_number(f, key, ms(&m[i]), 3);
+        bench_json_number(f, key, bench_method_ms(&m[i]), 3);
     }
-    json_number(f, "speedup", ms(&m[BENCH_DENSE]) / ms(&m[BENCH_NSA]), 3);
-    json_number(f, "speedup_blas", ms(&m[BENCH_DENSE_BLAS]) / ms(&m[BENCH_NSA]), 3);
-    json_number(f, "speedup_dnnl", ms(&m[BENCH_DENSE_DNNL]) / ms(&m[BENCH_NSA]), 3);
+    bench_json_number(f, "speedup", bench_method_ms(&m[BENCH_DENSE]) / bench_method_ms(&m[BENCH_NSA]), 3);
+    bench_json_number(f, "speedup_blas", bench_method_ms(&m[BENCH_DENSE_BLAS]) / bench_method_ms(&m[BENCH_NSA]), 3);
+    bench_json_number(f, "speedup_dnnl", bench_method_ms(&m[BENCH_DENSE_DNNL]) / bench_method_ms(&m[BENCH_NSA]), 3);
     for (int i = 0; i < BENCH_METHODS; i++) {
         char key[40];
         snprintf(key, sizeof key, "%s_gflops", keys[i]);
-        json_number(f, key, gflops(&m[i]), 2);
+        bench_json_number(f, key, bench_method_gflops(&m[i]), 2);
     }
-    json_number(f, "peak_gflops", peak, 2);
-    json_number(f, "pct_peak", 100.0 * gflops(&m[BENCH_NSA]) / peak, 2);
-    json_number(f, "dense_pct_peak", 100.0 * gflops(&m[BENCH_DENSE]) / peak, 2);
-    json_number(f, "bandwidth_gbs", bw, 2);
-    json_number(f, "flop_ratio", bench_dense_flops(c, r->seqlen) / bench_nsa_flops(c, r->seqlen), 3);
-    json_number(f, "dense_blas_max_diff", m[BENCH_DENSE_BLAS].max_diff, 9);
-    json_number(f, "dense_dnnl_max_diff", m[BENCH_DENSE_DNNL].max_diff, 9);
-    json_number(f, "loadavg", r->load_before, 2);
+    bench_json_number(f, "peak_gflops", peak, 2);
+    bench_json_number(f, "pct_peak", 100.0 * bench_method_gflops(&m[BENCH_NSA]) / peak, 2);
+    bench_json_number(f, "dense_pct_peak", 100.0 * bench_method_gflops(&m[BENCH_DENSE]) / peak, 2);
+    bench_json_number(f, "bandwidth_gbs", bw, 2);
+    bench_json_number(f, "flop_ratio", bench_dense_flops(c, r->seqlen) / bench_nsa_flops(c, r->seqlen), 3);
+    bench_json_number(f, "dense_blas_max_diff", m[BENCH_DENSE_BLAS].max_diff, 9);
+    bench_json_number(f, "dense_dnnl_max_diff", m[BENCH_DENSE_DNNL].max_diff, 9);
+    bench_json_number(f, "loadavg", r->load_before, 2);
     fprintf(f, ",\"threads\":%d", info->threads);
-    json_string(f, "isa", nsa_isa_name(info->isa));
+    bench_json_string(f, "isa", nsa_isa_name(info->isa));
     fprintf(f, ",\"q_heads\":%d,\"kv_heads\":%d,\"dim_qk\":%d,\"dim_v\":%d", (int)c->num_q_heads,
             (int)c->num_kv_heads, (int)c->head_dim_qk, (int)c->head_dim_v);
-    json_string(f, "stat", info->opt->median ? "median" : "best");
+    bench_json_string(f, "stat", info->opt->median ? "median" : "best");
     fprintf(f, ",\"repeats\":%d", (int)info->opt->repeats);
-    json_string(f, "dense_blas_how", m[BENCH_DENSE_BLAS].note);
-    json_string(f, "dense_dnnl_how", m[BENCH_DENSE_DNNL].note);
-    json_string(f, "cpu", info->machine->cpu);
+    bench_json_string(f, "dense_blas_how", m[BENCH_DENSE_BLAS].note);
+    bench_json_string(f, "dense_dnnl_how", m[BENCH_DENSE_DNNL].note);
+    bench_json_string(f, "cpu", info->machine->cpu);
     fprintf(f, "}\n");
     fflush(f);
 }
