@@ -1,9 +1,9 @@
 #!/bin/sh
 # bench/gpu-host.sh — the runs made on the GPU test machine's host CPU (Intel
 # Emerald Rapids, 16 vCPUs, AVX-512, one NUMA node), which has none of our
-# Debian libraries: programs are built on a Debian machine, packed with
-# shared/tools/pack-for-gpu-host into PACK (with the golden cases in
-# PACK/golden), and this script runs there from the repository root:
+# Debian libraries: programs are built on a Debian machine and packed into
+# PACK with the golden cases by bench/pack-gpu-host.sh, and this script runs
+# there from the repository root:
 #
 #   PACK=gpu-pack OUT=out bench/gpu-host.sh [suite] [forward] [torch] [scaling]
 #                                           [groups] [decode] [backward] [fast]
@@ -27,8 +27,8 @@ for part in "$@"; do
     case $part in
     suite)
         for isa in $(run isa-list); do
-            for t in test_api test_backward test_decode test_forward test_golden test_properties test_select \
-                     test_ukernels decode quickstart; do
+            for t in test_api test_backward test_decode test_forward test_golden test_placement \
+                     test_properties test_select test_ukernels decode quickstart; do
                 NSA_GOLDEN_DIR="$PACK/golden" NSA_MAX_ISA=$isa run "$t" >"$OUT/suite-$isa-$t.log" 2>&1
                 echo "suite: NSA_MAX_ISA=$isa $t rc=$?"
             done

@@ -1,0 +1,34 @@
+#!/bin/sh
+# bench/pack-gpu-host.sh — builds a clean copy of this checkout (committed
+# files plus uncommitted changes to tracked files) without oneDNN (its
+# library is too large to carry) and packs the benchmark, the demo, the test
+# programs and the golden cases into PACK (default gpu-pack, git-ignored),
+# ready to carry to the GPU test machine and run with bench/gpu-host.sh:
+#
+#   sh bench/pack-gpu-host.sh [PACK]
+#   (device) PACK=gpu-pack OUT=$OUT sh bench/gpu-host.sh suite fast decode ...
+#
+# Needs the build dependencies (.ci/deps) and ../shared/tools/pack-for-gpu-host.
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+pack=$(cd "$top" && mkdir -p "${1:-gpu-pack}" && cd "${1:-gpu-pack}" && pwd)
+tool="$top/../shared/tools/pack-for-gpu-host"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+git clone -q "$top" "$work/src"
+(cd "$top" && git diff) | (cd "$work/src" && git apply --allow-empty)
+cd "$work/src"
+./autogen.sh >/dev/null 2>&1
+mkdir _build && cd _build
+log="$work/build.log"
+{ ../configure --without-dnnl && make -j"$(nproc)" && make -j"$(nproc)" check TESTS=; } \
+    >"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
+rm -rf "$pack/bin" "$pack/lib" "$pack/run"
+"$tool" "$pack" bench/nsa-bench bench/nsa-demo tests/isa-list tests/test_api tests/test_backward \
+    tests/test_decode tests/test_forward tests/test_golden tests/test_placement \
+    tests/test_properties tests/test_select tests/test_ukernels examples/decode \
+    examples/quickstart >/dev/null
+cp -L src/.libs/libnsa.so.0 "$pack/lib/" 2>/dev/null || cp -L .libs/libnsa.so.0 "$pack/lib/"
+rm -rf "$pack/golden"
+cp -r "$top/../shared/golden" "$pack/golden"
+echo "packed into $pack: $(du -sh "$pack" | cut -f1)"
