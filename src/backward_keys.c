@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "backward.h"
+#include "carve.h"
 #include "geometry.h"
 
 static int64_t min64(int64_t a, int64_t b)
@@ -95,25 +96,21 @@ static size_t carve(const backward_run *run, float *f, keys_scratch *t)
     const size_t span = (size_t)span_keys(cfg);
     const size_t keys = (size_t)max64(cfg->sel_block, NSA_GRAD_CMP_KEYS);
     const size_t dkd = (size_t)cfg->head_dim_qk, dvd = (size_t)cfg->head_dim_v;
-    size_t used = 0;
-#define CARVE(field, type, count)                                                  \
-    do {                                                                           \
-        if (f != NULL)                                                             \
-            t->field = (type *)(f + used);                                         \
-        used += (count);                                                           \
-    } while (0)
-    CARVE(chunk, float, nsa_grad_keys_chunk_floats(plan, rows, span));
-    CARVE(q, float, rows * dkd);
-    CARVE(dout, float, rows * dvd);
-    CARVE(lse, float, rows);
-    CARVE(dot, float, rows);
-    CARVE(gain, float, rows);
-    CARVE(dk, float, keys * dkd);
-    CARVE(dv, float, keys * dvd);
-    CARVE(lo, int32_t, rows);
-    CARVE(hi, int32_t, rows);
-#undef CARVE
-    return used;
+    nsa_carver c = {.base = (char *)f};
+    keys_scratch v = {0};
+    v.chunk = nsa_carve(&c, nsa_grad_keys_chunk_floats(plan, rows, span) * sizeof(float));
+    v.q = nsa_carve(&c, rows * dkd * sizeof(float));
+    v.dout = nsa_carve(&c, rows * dvd * sizeof(float));
+    v.lse = nsa_carve(&c, rows * sizeof(float));
+    v.dot = nsa_carve(&c, rows * sizeof(float));
+    v.gain = nsa_carve(&c, rows * sizeof(float));
+    v.dk = nsa_carve(&c, keys * dkd * sizeof(float));
+    v.dv = nsa_carve(&c, keys * dvd * sizeof(float));
+    v.lo = nsa_carve(&c, rows * sizeof(int32_t));
+    v.hi = nsa_carve(&c, rows * sizeof(int32_t));
+    if (t != NULL)
+        *t = v;
+    return nsa_carved_floats(&c);
 }
 
 size_t nsa_backward_keys_scratch(const backward_run *run)

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "backward.h"
+#include "carve.h"
 #include "geometry.h"
 #include "tile.h"
 
@@ -87,32 +88,27 @@ static size_t carve(const backward_run *run, float *f, queries_scratch *t)
                             ? m * (size_t)cmp_cols
                             : (size_t)(sub * plan->group_size * sub_cols);
     const size_t segments = (size_t)(sub * n + 1);
-    size_t used = 0;
-#define CARVE(field, type, count)                                                  \
-    do {                                                                           \
-        if (f != NULL)                                                             \
-            t->field = (type *)(f + used);                                         \
-        used += (count);                                                           \
-    } while (0)
-    CARVE(q, float, m * dkd);
-    CARVE(dout, float, m * dvd);
-    CARVE(s, float, area);
-    CARVE(dp, float, area);
-    CARVE(dq, float, m * dkd);
-    CARVE(lse, float, m);
-    CARVE(gain, float, m);
-    CARVE(coef, float, m);
-    CARVE(dot, float, m);
-    CARVE(lo, int32_t, m);
-    CARVE(hi, int32_t, m);
-    used += used % 2; /* int64 alignment; an int64 takes two floats */
-    CARVE(row_first, int64_t, 2 * m);
-    CARVE(row_last, int64_t, 2 * m);
-    CARVE(segments, segment, segments * sizeof(segment) / sizeof(float));
-    CARVE(blocks, int32_t, (size_t)(queries * n));
-    CARVE(union_blocks, int32_t, (size_t)(queries * n));
-#undef CARVE
-    return used;
+    nsa_carver c = {.base = (char *)f};
+    queries_scratch v = {0};
+    v.q = nsa_carve(&c, m * dkd * sizeof(float));
+    v.dout = nsa_carve(&c, m * dvd * sizeof(float));
+    v.s = nsa_carve(&c, area * sizeof(float));
+    v.dp = nsa_carve(&c, area * sizeof(float));
+    v.dq = nsa_carve(&c, m * dkd * sizeof(float));
+    v.lse = nsa_carve(&c, m * sizeof(float));
+    v.gain = nsa_carve(&c, m * sizeof(float));
+    v.coef = nsa_carve(&c, m * sizeof(float));
+    v.dot = nsa_carve(&c, m * sizeof(float));
+    v.lo = nsa_carve(&c, m * sizeof(int32_t));
+    v.hi = nsa_carve(&c, m * sizeof(int32_t));
+    v.row_first = nsa_carve(&c, m * sizeof(int64_t));
+    v.row_last = nsa_carve(&c, m * sizeof(int64_t));
+    v.segments = nsa_carve(&c, segments * sizeof(segment));
+    v.blocks = nsa_carve(&c, (size_t)(queries * n) * sizeof(int32_t));
+    v.union_blocks = nsa_carve(&c, (size_t)(queries * n) * sizeof(int32_t));
+    if (t != NULL)
+        *t = v;
+    return nsa_carved_floats(&c);
 }
 
 size_t nsa_backward_queries_scratch(const backward_run *run)

@@ -8,6 +8,7 @@
  */
 
 #include "cache.h"
+#include "carve.h"
 #include "checked.h"
 #include "decode_split.h"
 #include "geometry.h"

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "carve.h"
 #include "decode_split.h"
 #include "geometry.h"
 #include "select.h"

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "backward.h"
+#include "carve.h"
 #include "tile.h"
 
 enum { DENSE_KEYS = 64 };         /* keys per key-side item (whole panels) */
@@ -94,35 +95,30 @@ static size_t carve(const dense_run *run, float *f, dense_scratch *t)
     const size_t m = (size_t)rows, dkd = (size_t)cfg->head_dim_qk, dvd = (size_t)cfg->head_dim_v;
     size_t chunk = nsa_grad_keys_chunk_floats(plan, m, DENSE_KEYS);
     chunk = chunk > m * NSA_ATTEND_CHUNK ? chunk : m * NSA_ATTEND_CHUNK;
-    size_t used = 0;
-#define CARVE(field, type, count)                                                  \
-    do {                                                                           \
-        if (f != NULL)                                                             \
-            t->field = (type *)(f + used);                                         \
-        used += (count);                                                           \
-    } while (0)
-    CARVE(q, float, m * dkd);
-    CARVE(dout, float, m * dvd);
-    CARVE(s, float, m * DENSE_SWEEP_KEYS);
-    CARVE(dp, float, m * DENSE_SWEEP_KEYS);
-    CARVE(dq, float, m * dkd);
-    CARVE(lse, float, m);
-    CARVE(delta, float, m);
-    CARVE(coef, float, m);
-    CARVE(max, float, m);
-    CARVE(sum, float, m);
-    CARVE(acc, float, m * dvd);
-    CARVE(chunk, float, chunk);
-    CARVE(ones, float, m);
-    CARVE(kdk, float, DENSE_KEYS * dkd);
-    CARVE(kdv, float, DENSE_KEYS * dvd);
-    CARVE(lo, int32_t, m);
-    CARVE(hi, int32_t, m);
-    used += used % 2; /* int64 alignment; an int64 takes two floats */
-    CARVE(row_first, int64_t, 2 * m);
-    CARVE(row_last, int64_t, 2 * m);
-#undef CARVE
-    return used;
+    nsa_carver c = {.base = (char *)f};
+    dense_scratch v = {0};
+    v.q = nsa_carve(&c, m * dkd * sizeof(float));
+    v.dout = nsa_carve(&c, m * dvd * sizeof(float));
+    v.s = nsa_carve(&c, m * DENSE_SWEEP_KEYS * sizeof(float));
+    v.dp = nsa_carve(&c, m * DENSE_SWEEP_KEYS * sizeof(float));
+    v.dq = nsa_carve(&c, m * dkd * sizeof(float));
+    v.lse = nsa_carve(&c, m * sizeof(float));
+    v.delta = nsa_carve(&c, m * sizeof(float));
+    v.coef = nsa_carve(&c, m * sizeof(float));
+    v.max = nsa_carve(&c, m * sizeof(float));
+    v.sum = nsa_carve(&c, m * sizeof(float));
+    v.acc = nsa_carve(&c, m * dvd * sizeof(float));
+    v.chunk = nsa_carve(&c, chunk * sizeof(float));
+    v.ones = nsa_carve(&c, m * sizeof(float));
+    v.kdk = nsa_carve(&c, DENSE_KEYS * dkd * sizeof(float));
+    v.kdv = nsa_carve(&c, DENSE_KEYS * dvd * sizeof(float));
+    v.lo = nsa_carve(&c, m * sizeof(int32_t));
+    v.hi = nsa_carve(&c, m * sizeof(int32_t));
+    v.row_first = nsa_carve(&c, m * sizeof(int64_t));
+    v.row_last = nsa_carve(&c, m * sizeof(int64_t));
+    if (t != NULL)
+        *t = v;
+    return nsa_carved_floats(&c);
 }
 
 /* --------------------------------------------------------------- items -- */

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "carve.h"
 #include "geometry.h"
 #include "selected.h"
 
@@ -33,7 +34,8 @@ typedef struct chunk_scratch {
     int64_t *row_first, *row_last;
 } chunk_scratch;
 
-/* Lays the scratch out in f (NULL: only count); returns the floats used. */
+/* Lays the scratch out in f (NULL: only count); returns the floats it
+ * takes. */
 static size_t carve(const nsa_plan *plan, int64_t max_len, float *f, chunk_scratch *c)
 {
     const nsa_config *cfg = &plan->cfg;
@@ -41,24 +43,26 @@ static size_t carve(const nsa_plan *plan, int64_t max_len, float *f, chunk_scrat
     const size_t rows = (size_t)(queries * plan->group_size);
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
     const size_t blocks = (size_t)nsa_num_blocks(cfg, max_len) + 1;
-    const size_t parts[] = {rows,  rows,  rows * dv, rows,    rows,   rows * dv,
-                            rows * dk, rows * NSA_ATTEND_CHUNK, rows, rows,
-                            blocks + 1, (size_t)queries * (size_t)cfg->sel_count,
-                            2 * rows, 2 * rows};
-    void *at[sizeof parts / sizeof parts[0]];
-    size_t used = 0;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        used += used % 2; /* int64 alignment */
-        at[i] = f != NULL ? (void *)(f + used) : NULL;
-        used += parts[i];
+    nsa_carver k = {.base = (char *)f};
+    chunk_scratch v = {0};
+    nsa_softmax_state *states[2] = {&v.state, &v.gathered};
+    for (int i = 0; i < 2; i++) {
+        states[i]->max = nsa_carve(&k, rows * sizeof(float));
+        states[i]->sum = nsa_carve(&k, rows * sizeof(float));
+        states[i]->acc = nsa_carve(&k, rows * dv * sizeof(float));
+        states[i]->ldacc = dv;
     }
+    v.q = nsa_carve(&k, rows * dk * sizeof(float));
+    v.s = nsa_carve(&k, rows * NSA_ATTEND_CHUNK * sizeof(float));
+    v.lo = nsa_carve(&k, rows * sizeof(int32_t));
+    v.hi = nsa_carve(&k, rows * sizeof(int32_t));
+    v.first_query = nsa_carve(&k, (blocks + 1) * sizeof(int32_t));
+    v.queries = nsa_carve(&k, (size_t)queries * (size_t)cfg->sel_count * sizeof(int32_t));
+    v.row_first = nsa_carve(&k, rows * sizeof(int64_t));
+    v.row_last = nsa_carve(&k, rows * sizeof(int64_t));
     if (c != NULL)
-        *c = (chunk_scratch){.state = {.max = at[0], .sum = at[1], .acc = at[2], .ldacc = dv},
-                             .gathered = {.max = at[3], .sum = at[4], .acc = at[5], .ldacc = dv},
-                             .q = at[6], .s = at[7], .lo = at[8], .hi = at[9],
-                             .first_query = at[10], .queries = at[11], .row_first = at[12],
-                             .row_last = at[13]};
-    return used;
+        *c = v;
+    return nsa_carved_floats(&k);
 }
 
 size_t nsa_selected_scratch_floats(const nsa_plan *plan, int64_t max_len)

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "carve.h"
 #include "geometry.h"
 #include "select.h"
 #include "tile.h"
@@ -55,8 +56,8 @@ int64_t nsa_tile_queries(const nsa_plan *plan, int dense)
     return queries > sub ? queries : sub;
 }
 
-/* Lays the scratch out in f; returns the floats used (f may be NULL to
- * size it). */
+/* Lays the scratch out in f; returns the floats it takes (f may be NULL
+ * to size it). */
 static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t max_len,
                             float *f, nsa_tile_scratch *t)
 {
@@ -67,40 +68,33 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     const size_t lds_cmp = (size_t)ceil_div((int64_t)max_c, NSA_PANEL) * NSA_PANEL;
     const size_t max_blocks = (size_t)nsa_num_blocks(cfg, max_len) + 1;
     const size_t ld_chunk = (size_t)ceil_div((int64_t)max_c, CMP_CHUNK_KEYS);
-    size_t used = 0;
-#define CARVE(field, type, count)                                                  \
-    do {                                                                           \
-        if (f != NULL)                                                             \
-            t->field = (type *)(f + used);                                         \
-        used += (count);                                                           \
-    } while (0)
-    CARVE(q, float, m * dk);
-    CARVE(s_cmp, float, m * lds_cmp);
-    CARVE(chunk_max, float, m * ld_chunk);
-    CARVE(weight, float, (size_t)plan->group_size);
-    CARVE(s, float, m * NSA_ATTEND_CHUNK);
-    CARVE(p_sum, float, max_c);
-    CARVE(score, float, max_blocks);
+    nsa_carver c = {.base = (char *)f};
+    nsa_tile_scratch v = {0};
+    v.q = nsa_carve(&c, m * dk * sizeof(float));
+    v.s_cmp = nsa_carve(&c, m * lds_cmp * sizeof(float));
+    v.chunk_max = nsa_carve(&c, m * ld_chunk * sizeof(float));
+    v.weight = nsa_carve(&c, (size_t)plan->group_size * sizeof(float));
+    v.s = nsa_carve(&c, m * NSA_ATTEND_CHUNK * sizeof(float));
+    v.p_sum = nsa_carve(&c, max_c * sizeof(float));
+    v.score = nsa_carve(&c, max_blocks * sizeof(float));
     for (int b = 0; b < 3; b++) {
-        CARVE(branch[b].max, float, m);
-        CARVE(branch[b].sum, float, m);
-        CARVE(branch[b].acc, float, m * dv);
-        if (f != NULL)
-            t->branch[b].ldacc = dv;
+        v.branch[b].max = nsa_carve(&c, m * sizeof(float));
+        v.branch[b].sum = nsa_carve(&c, m * sizeof(float));
+        v.branch[b].acc = nsa_carve(&c, m * dv * sizeof(float));
+        v.branch[b].ldacc = dv;
     }
-    used += used % 2; /* int64 alignment; an int64 takes two floats */
-    CARVE(row_first, int64_t, 2 * m);
-    CARVE(row_last, int64_t, 2 * m);
-    CARVE(blocks, int32_t, (size_t)max_queries * (size_t)cfg->sel_count);
-    CARVE(union_blocks, int32_t, (size_t)max_queries * (size_t)cfg->sel_count);
-    CARVE(lo, int32_t, m);
-    CARVE(hi, int32_t, m);
-    if (f != NULL) {
-        t->lds_cmp = lds_cmp;
-        t->ld_chunk = ld_chunk;
-    }
-#undef CARVE
-    return used;
+    v.row_first = nsa_carve(&c, m * sizeof(int64_t));
+    v.row_last = nsa_carve(&c, m * sizeof(int64_t));
+    const size_t chosen = (size_t)max_queries * (size_t)cfg->sel_count;
+    v.blocks = nsa_carve(&c, chosen * sizeof(int32_t));
+    v.union_blocks = nsa_carve(&c, chosen * sizeof(int32_t));
+    v.lo = nsa_carve(&c, m * sizeof(int32_t));
+    v.hi = nsa_carve(&c, m * sizeof(int32_t));
+    v.lds_cmp = lds_cmp;
+    v.ld_chunk = ld_chunk;
+    if (t != NULL)
+        *t = v;
+    return nsa_carved_floats(&c);
 }
 
 size_t nsa_tile_scratch_floats(const nsa_plan *plan, int64_t max_queries, int64_t max_len)

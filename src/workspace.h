@@ -26,19 +26,4 @@ void nsa_workspace_release(nsa_context *ctx, nsa_workspace *ws);
 /* Frees the kept buffer (nsa_context_destroy). */
 void nsa_workspace_free_kept(nsa_context *ctx);
 
-/* Carves consecutive 64-byte aligned pieces out of a buffer; with a NULL
- * base it only adds up the bytes, so one function can size a layout and
- * then lay it out. */
-typedef struct nsa_carver {
-    char *base;
-    size_t used;
-} nsa_carver;
-
-static inline void *nsa_carve(nsa_carver *c, size_t bytes)
-{
-    void *p = c->base != NULL ? c->base + c->used : NULL;
-    c->used += (bytes + 63) & ~(size_t)63;
-    return p;
-}
-
 #endif /* NSA_WORKSPACE_H */
