@@ -503,10 +503,7 @@ static int64_t input_and_param_items(const backward_run *run, backward_item *ite
 
 static void run_free(backward_run *run, int32_t workers)
 {
-    if (run->scratch != NULL)
-        for (int32_t w = 0; w < workers; w++)
-            free(run->scratch[w]);
-    free(run->scratch);
+    nsa_worker_scratch_free(run->scratch, workers);
     free(run->items);
     float *large[] = {run->kp, run->vp, run->kr, run->kcp, run->vcp};
     for (size_t i = 0; i < sizeof large / sizeof *large; i++)
@@ -519,11 +516,6 @@ static void run_free(backward_run *run, int32_t workers)
     free(run->selector_first);
     free(run->selectors);
     free(run->c_offset);
-}
-
-static void *alloc_floats(int64_t count)
-{
-    return malloc((size_t)count * sizeof(float) + sizeof(float));
 }
 
 /* The packed keys and values the passes read in scattered blocks: on huge
@@ -567,22 +559,22 @@ static nsa_status run_alloc(backward_run *run, int need_record, int32_t workers)
     run->kp = alloc_large_floats(hkv * run->p_offset[B] * NSA_PANEL * dkd);
     run->vp = alloc_large_floats(hkv * run->p_offset[B] * NSA_PANEL * dvd);
     run->kr = alloc_large_floats(hkv * T * dkd);
-    run->kc = alloc_floats(hkv * total_c * dkd);
-    run->vc = alloc_floats(hkv * total_c * dvd);
+    run->kc = nsa_alloc_floats(hkv * total_c * dkd);
+    run->vc = nsa_alloc_floats(hkv * total_c * dvd);
     run->kcp = alloc_large_floats(hkv * run->cp_offset[B] * NSA_PANEL * dkd);
     run->vcp = alloc_large_floats(hkv * run->cp_offset[B] * NSA_PANEL * dvd);
-    run->dkc = alloc_floats(hkv * total_c * dkd);
-    run->dvc = alloc_floats(hkv * total_c * dvd);
+    run->dkc = nsa_alloc_floats(hkv * total_c * dkd);
+    run->dvc = nsa_alloc_floats(hkv * total_c * dvd);
     int ok = run->kp && run->vp && run->kr && run->kc && run->vc && run->kcp && run->vcp &&
              run->dkc && run->dvc;
     if (cfg->compress == NSA_COMPRESS_MLP)
         for (int t = 0; t < 2; t++) {
-            run->hidden[t] = alloc_floats(hkv * total_c * cfg->cmp_mlp_hidden);
-            run->dhidden[t] = alloc_floats(hkv * total_c * cfg->cmp_mlp_hidden);
+            run->hidden[t] = nsa_alloc_floats(hkv * total_c * cfg->cmp_mlp_hidden);
+            run->dhidden[t] = nsa_alloc_floats(hkv * total_c * cfg->cmp_mlp_hidden);
             ok = ok && run->hidden[t] && run->dhidden[t];
         }
     if (need_record) {
-        run->own_lse = alloc_floats(3 * T * hq);
+        run->own_lse = nsa_alloc_floats(3 * T * hq);
         run->own_blocks = malloc((size_t)(T * hkv * n) * sizeof *run->own_blocks + 1);
         run->lse = run->own_lse;
         run->blocks = run->own_blocks;
@@ -613,12 +605,9 @@ static nsa_status run_alloc(backward_run *run, int need_record, int32_t workers)
     if (need_record)
         floats = max_size(floats, forward_scratch(run));
     run->scratch_floats = floats;
-    run->scratch = calloc((size_t)workers, sizeof *run->scratch);
+    run->scratch = nsa_worker_scratch_alloc(workers, floats);
     if (!ok || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
-    for (int32_t w = 0; w < workers; w++)
-        if ((run->scratch[w] = alloc_floats((int64_t)floats)) == NULL)
-            return NSA_ERROR_OUT_OF_MEMORY;
     return NSA_SUCCESS;
 }
 
@@ -663,7 +652,7 @@ static nsa_status zero_param_grads(backward_run *run)
     const nsa_plan *plan = run->call.plan;
     const nsa_config *cfg = &plan->cfg;
     const int64_t c_offset[1] = {0};
-    float *workspace = alloc_floats((int64_t)max_size(
+    float *workspace = nsa_alloc_floats((int64_t)max_size(
         nsa_compress_backward_workspace(cfg, cfg->head_dim_qk),
         nsa_compress_backward_workspace(cfg, cfg->head_dim_v)));
     if (workspace == NULL)

@@ -22,6 +22,7 @@
 
 #include "backward.h"
 #include "carve.h"
+#include "memory.h"
 #include "tile.h"
 
 enum { DENSE_KEYS = 64 };         /* keys per key-side item (whole panels) */
@@ -340,21 +341,13 @@ static void run_items(dense_run *run, int kind)
 
 static void run_free(dense_run *run, int32_t workers)
 {
-    if (run->scratch != NULL)
-        for (int32_t w = 0; w < workers; w++)
-            free(run->scratch[w]);
-    free(run->scratch);
+    nsa_worker_scratch_free(run->scratch, workers);
     free(run->items);
     free(run->kp);
     free(run->vp);
     free(run->lse);
     free(run->delta);
     free(run->p_offset);
-}
-
-static void *alloc_floats(int64_t count)
-{
-    return malloc((size_t)count * sizeof(float) + sizeof(float));
 }
 
 static nsa_status run_alloc(dense_run *run, int32_t workers)
@@ -371,24 +364,20 @@ static nsa_status run_alloc(dense_run *run, int32_t workers)
     for (int64_t b = 0; b < B; b++)
         run->p_offset[b + 1] = run->p_offset[b] + panels_of(run->call.batch->cu_seqlens[b + 1] -
                                                             run->call.batch->cu_seqlens[b]);
-    run->kp = alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_qk);
-    run->vp = alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_v);
-    run->lse = alloc_floats(T * cfg->num_q_heads);
-    run->delta = alloc_floats(T * cfg->num_q_heads);
+    run->kp = nsa_alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_qk);
+    run->vp = nsa_alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_v);
+    run->lse = nsa_alloc_floats(T * cfg->num_q_heads);
+    run->delta = nsa_alloc_floats(T * cfg->num_q_heads);
     int64_t items = 0;
     for (int kind = PACK; kind <= KEYS; kind++) {
         const int64_t n = make_items(run, kind, NULL);
         items = n > items ? n : items;
     }
     run->items = malloc((size_t)items * sizeof *run->items + 1);
-    run->scratch = calloc((size_t)workers, sizeof *run->scratch);
+    run->scratch = nsa_worker_scratch_alloc(workers, carve(run, NULL, NULL));
     if (run->kp == NULL || run->vp == NULL || run->lse == NULL || run->delta == NULL ||
         run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
-    const size_t floats = carve(run, NULL, NULL);
-    for (int32_t w = 0; w < workers; w++)
-        if ((run->scratch[w] = alloc_floats((int64_t)floats)) == NULL)
-            return NSA_ERROR_OUT_OF_MEMORY;
     return NSA_SUCCESS;
 }
 

@@ -314,10 +314,7 @@ static int compare_cost_descending(const void *a, const void *b)
 
 static void run_free(forward_run *run, int32_t workers)
 {
-    if (run->scratch != NULL)
-        for (int32_t w = 0; w < workers; w++)
-            free(run->scratch[w]);
-    free(run->scratch);
+    nsa_worker_scratch_free(run->scratch, workers);
     free(run->items);
     free(run->own_blocks);
     free(run->kc);
@@ -326,11 +323,6 @@ static void run_free(forward_run *run, int32_t workers)
     nsa_free_large(run->vp);
     nsa_free_large(run->kcp);
     free(run->c_offset);
-}
-
-static void *alloc_floats(int64_t count)
-{
-    return malloc((size_t)count * sizeof(float) + sizeof(float));
 }
 
 /* Everything both phases need, allocated before any output is written so an
@@ -358,8 +350,8 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
         run->p_offset[b + 1] = run->p_offset[b] + round_up_panels(len);
         run->cp_offset[b + 1] = run->cp_offset[b] + round_up_panels(nc);
     }
-    run->kc = alloc_floats(hkv * run->c_offset[B] * dk);
-    run->vc = alloc_floats(hkv * run->c_offset[B] * dv);
+    run->kc = nsa_alloc_floats(hkv * run->c_offset[B] * dk);
+    run->vc = nsa_alloc_floats(hkv * run->c_offset[B] * dv);
     run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
     run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
     run->kcp = nsa_alloc_large((size_t)(hkv * run->cp_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
@@ -385,14 +377,11 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
         if (selected > run->scratch_floats)
             run->scratch_floats = selected;
     }
-    run->scratch = calloc((size_t)workers, sizeof *run->scratch);
+    run->scratch = nsa_worker_scratch_alloc(workers, run->scratch_floats);
     if (run->kc == NULL || run->vc == NULL || run->kp == NULL || run->vp == NULL ||
         run->kcp == NULL || (!call->dense && run->blocks == NULL) ||
         run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
-    for (int32_t w = 0; w < workers; w++)
-        if ((run->scratch[w] = alloc_floats((int64_t)run->scratch_floats)) == NULL)
-            return NSA_ERROR_OUT_OF_MEMORY;
     return NSA_SUCCESS;
 }
 
