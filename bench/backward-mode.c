@@ -113,17 +113,6 @@ static float **field(gradients *g, int which)
     return fields[which];
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n)
-{
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= worst)) /* NaN wins */
-            worst = d;
-    }
-    return worst;
-}
-
 static void measure(backward_ctx *r, bench_method *m, bench_body *body, int grads, double flops)
 {
     m->flops = flops;
@@ -226,7 +215,7 @@ static int run_size(backward_ctx *r, int64_t seqlen, backward_result *res)
         res->method[BWD_NSA_RECOMPUTE].outcome == BENCH_MEASURED) {
         double worst = 0.0;
         for (int which = 0; which < 4; which++) {
-            const double d = max_abs_diff(*field(&r->grads[0], which),
+            const double d = bench_max_abs_diff(*field(&r->grads[0], which),
                                           *field(&r->grads[1], which), count_of(r, which));
             worst = !(d <= worst) ? d : worst;
         }

@@ -270,6 +270,9 @@ void bench_report_header(const bench_run_info *info);
 void bench_report_table(const bench_run_info *info, const bench_result *r);
 void bench_report_json(const bench_run_info *info, const bench_result *r);
 
+/* max |a[i] - b[i]| over n values; NaN when either holds one. */
+double bench_max_abs_diff(const float *a, const float *b, size_t n);
+
 /* A method's time in ms and useful GFLOP/s, NAN when it was not measured. */
 double bench_method_ms(const bench_method *m);
 double bench_method_gflops(const bench_method *m);

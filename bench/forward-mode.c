@@ -65,17 +65,6 @@ static int body_dnnl(void *arg)
     return bench_dnnl_run(r->dnnl, r->out);
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n)
-{
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= worst)) /* NaN wins */
-            worst = d;
-    }
-    return worst;
-}
-
 /* Times one method into m; dense methods are compared with the reference
  * output, or become it. */
 static void measure(run_ctx *r, bench_method *m, bench_body *body, int dense, double flops)
@@ -103,7 +92,7 @@ static void measure(run_ctx *r, bench_method *m, bench_body *body, int dense, do
     if (!dense)
         return;
     if (r->have_ref) {
-        m->max_diff = max_abs_diff(r->out, r->ref, n);
+        m->max_diff = bench_max_abs_diff(r->out, r->ref, n);
     } else {
         float *t = r->ref;
         r->ref = r->out;

@@ -242,17 +242,6 @@ static double ns_per_call(const slot_bench *sb, generic_fn *f, buffers *b,
     return bench_timing_pick(&t, opt->median) * 1e9 / (double)a.calls;
 }
 
-static double max_diff(const float *a, const float *b, size_t n)
-{
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= worst))
-            worst = d;
-    }
-    return worst;
-}
-
 static const slot_bench *slot_named(const char *name)
 {
     for (size_t i = 0; i < SLOTS; i++)
@@ -331,7 +320,7 @@ int bench_kernels_mode(const bench_options *opt)
             if (strcmp(k->slot, sb->slot) != 0 || !selected(k, opt))
                 continue;
             one_output(sb, k->fn, b, got);
-            const double diff = max_diff(got, want, n);
+            const double diff = bench_max_abs_diff(got, want, n);
             if (!(diff <= 1e-4))
                 rc = 1;
             report(f, opt, sb, k->name, k->isa, ns_per_call(sb, k->fn, b, opt), ref_ns, diff,

@@ -82,6 +82,17 @@ void bench_report_header(const bench_run_info *info)
     fflush(f);
 }
 
+double bench_max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= worst)) /* NaN wins */
+            worst = d;
+    }
+    return worst;
+}
+
 double bench_method_gflops(const bench_method *m)
 {
     return m->outcome == BENCH_MEASURED && m->seconds > 0 ? m->flops / m->seconds * 1e-9 : NAN;
