@@ -44,7 +44,6 @@ typedef struct split_unit {
 
 typedef struct split_tile {
     nsa_tile tile;
-    nsa_keys raw, compressed; /* without conversion scratch: workers add theirs */
     size_t m;
     float *q;  /* [m][Dk] packed rows */
     float *s;  /* [m][lds] compressed probabilities */
@@ -59,7 +58,6 @@ typedef struct split_tile {
     int64_t units[3], unit_count[3]; /* each branch's first unit and count */
     int64_t slots;                   /* selected-block slots: >= unit_count[SLC] */
     nsa_softmax_state merged[3];
-    int64_t gate_parts;              /* gate items per query */
     /* Items still to finish before the next step of the tile may start. */
     atomic_int_fast64_t cmp_left;     /* compressed units: then merge */
     atomic_int_fast64_t merge_left;   /* their merge: then head sums */
@@ -71,15 +69,11 @@ typedef struct split_tile {
 /* The steps of a tile, in the order the items list them. */
 enum { ITEM_UNIT, ITEM_MERGE, ITEM_SUM, ITEM_CHOOSE, ITEM_SLOT, ITEM_GATE };
 
-/* Rows one merge or gate item takes. */
-enum { PART_ROWS = 1 };
-
 typedef struct split_item {
     int kind;
     int64_t tile;
-    /* ITEM_UNIT: the unit; ITEM_MERGE: rows [PART_ROWS index, + PART_ROWS);
-     * ITEM_SUM: the tile's compressed unit; ITEM_SLOT: the slot of the
-     * tile; ITEM_GATE: query * gate_parts + part */
+    /* ITEM_UNIT: the unit; ITEM_MERGE, ITEM_GATE: the tile's row;
+     * ITEM_SUM: the tile's compressed unit; ITEM_SLOT: the tile's slot */
     int64_t index;
 } split_item;
 
@@ -144,7 +138,7 @@ static void compressed_unit(const split_run *run, const split_unit *u, worker_sc
     const split_tile *t = &run->tiles[u->tile];
     const nsa_plan *plan = run->plan;
     const nsa_rows rows = tile_rows(run, t);
-    nsa_keys keys = t->compressed;
+    nsa_keys keys = t->tile.compressed; /* workers add their conversion scratch */
     keys.convert = w->convert;
     for (int64_t tq = 0; tq < t->tile.count; tq++) {
         const int64_t nc = nsa_visible_compressed(&plan->cfg, t->tile.first + tq, t->tile.len);
@@ -163,7 +157,7 @@ static void raw_unit(const split_run *run, const split_unit *u, worker_scratch *
 {
     const split_tile *t = &run->tiles[u->tile];
     const nsa_rows rows = tile_rows(run, t);
-    nsa_keys keys = t->raw;
+    nsa_keys keys = t->tile.raw;
     keys.convert = w->convert;
     int64_t first_key, last_key;
     if (u->branch == SLC)
@@ -187,38 +181,35 @@ static void run_unit(const split_run *run, const split_unit *u, worker_scratch *
 
 /* ------------------------------------------------------ tiles: merging -- */
 
-/* Rows [first_row, end_row) of merged = the log-sum-exp merge of the
- * branch's units, in unit order; leaves row r's unit weights
- * exp(max_unit - max) in factor[r][unit] (rows apart, so items merge their
- * rows side by side). The units' accumulators lie [unit][m][dv], so row r
- * of the merge is one pool (a weighted sum of rows) over the units. */
-static void merge_units(const split_run *run, split_tile *t, int branch, size_t first_row,
-                        size_t end_row)
+/* Row r of merged = the log-sum-exp merge of the branch's units, in unit
+ * order; leaves the row's unit weights exp(max_unit - max) in
+ * factor[r][unit] (rows apart, so items merge their rows side by side).
+ * The units' accumulators lie [unit][m][dv], so the row's merge is one
+ * pool (a weighted sum of rows) over the units. */
+static void merge_row(const split_run *run, split_tile *t, int branch, size_t r)
 {
-    const size_t dv = (size_t)run->plan->cfg.head_dim_v, m = t->m;
+    const size_t dv = (size_t)run->plan->cfg.head_dim_v;
     const nsa_softmax_state *out = &t->merged[branch];
     const split_unit *units = run->units + t->units[branch];
     const int64_t count = t->unit_count[branch];
-    for (size_t r = first_row; r < end_row; r++) {
-        if (count == 0) {
-            out->max[r] = -INFINITY;
-            out->sum[r] = 0.0f;
-            memset(out->acc + r * dv, 0, dv * sizeof(float));
-            continue;
-        }
-        float max = -INFINITY, sum = 0.0f, *f = t->factor + r * t->ldf;
-        for (int64_t u = 0; u < count; u++)
-            max = fmaxf(max, units[u].state.max[r]);
-        for (int64_t u = 0; u < count; u++) {
-            const float unit_max = units[u].state.max[r];
-            f[u] = unit_max == -INFINITY ? 0.0f : expf(unit_max - max);
-            sum += f[u] * units[u].state.sum[r];
-        }
-        out->max[r] = max;
-        out->sum[r] = sum;
-        run->plan->kernels.pool((size_t)count, dv, f, units[0].state.acc + r * dv, m * dv,
-                                out->acc + r * dv);
+    if (count == 0) {
+        out->max[r] = -INFINITY;
+        out->sum[r] = 0.0f;
+        memset(out->acc + r * dv, 0, dv * sizeof(float));
+        return;
     }
+    float max = -INFINITY, sum = 0.0f, *f = t->factor + r * t->ldf;
+    for (int64_t u = 0; u < count; u++)
+        max = fmaxf(max, units[u].state.max[r]);
+    for (int64_t u = 0; u < count; u++) {
+        const float unit_max = units[u].state.max[r];
+        f[u] = unit_max == -INFINITY ? 0.0f : expf(unit_max - max);
+        sum += f[u] * units[u].state.sum[r];
+    }
+    out->max[r] = max;
+    out->sum[r] = sum;
+    run->plan->kernels.pool((size_t)count, dv, f, units[0].state.acc + r * dv, t->m * dv,
+                            out->acc + r * dv);
 }
 
 /* The part of every query's p_sum (spec Eq. 9's sum over the group's heads
@@ -310,23 +301,20 @@ static void choose_tile(split_run *run, split_tile *t)
         add_units(run, t, SLC, t->union_blocks[b] * l, t->union_blocks[b] * l + l - 1, l);
 }
 
-/* Gate item `index` of tile t: a few rows of one query, merged and mixed. */
-static void gate_rows(const split_run *run, split_tile *t, int64_t index)
+/* Row r of tile t: its selected and window units merged, then the three
+ * branches mixed by its gates. */
+static void gate_row(const split_run *run, split_tile *t, size_t r)
 {
     const nsa_plan *plan = run->plan;
     const size_t g = (size_t)plan->group_size, dv = (size_t)plan->cfg.head_dim_v;
-    const int64_t tq = index / t->gate_parts;
-    const size_t part_first = (size_t)(index % t->gate_parts) * PART_ROWS;
-    const size_t rows = g - part_first < PART_ROWS ? g - part_first : PART_ROWS;
-    const size_t r = (size_t)tq * g + part_first;
-    merge_units(run, t, SLC, r, r + rows);
-    merge_units(run, t, SWA, r, r + rows);
+    const size_t tq = r / g, head = r % g;
+    merge_row(run, t, SLC, r);
+    merge_row(run, t, SWA, r);
     const nsa_softmax_state *s = t->merged;
-    plan->kernels.gate_mix(rows, dv,
-                           t->tile.gates + (size_t)tq * t->tile.gates_stride + part_first * 3,
+    plan->kernels.gate_mix(1, dv, t->tile.gates + tq * t->tile.gates_stride + head * 3,
                            s[CMP].acc + r * dv, s[CMP].sum + r, s[SLC].acc + r * dv,
                            s[SLC].sum + r, s[SWA].acc + r * dv, s[SWA].sum + r, dv,
-                           t->tile.out + (size_t)tq * t->tile.out_stride + part_first * dv);
+                           t->tile.out + tq * t->tile.out_stride + head * dv);
 }
 
 /* Runs one item, first waiting for the items it needs. */
@@ -340,13 +328,11 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
         nsa_count_down(u->branch == CMP ? &t->cmp_left : &t->raw_left);
         break;
     }
-    case ITEM_MERGE: {
-        const size_t first = (size_t)it->index * PART_ROWS;
+    case ITEM_MERGE:
         nsa_wait_zero(&t->cmp_left);
-        merge_units(run, t, CMP, first, t->m - first < PART_ROWS ? t->m : first + PART_ROWS);
+        merge_row(run, t, CMP, (size_t)it->index);
         nsa_count_down(&t->merge_left);
         break;
-    }
     case ITEM_SUM:
         nsa_wait_zero(&t->merge_left);
         head_sum(run, t, it->index, w->weight);
@@ -365,7 +351,7 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
         break;
     default:
         nsa_wait_zero(&t->raw_left);
-        gate_rows(run, t, it->index);
+        gate_row(run, t, (size_t)it->index);
         break;
     }
 }
@@ -400,16 +386,15 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
     const nsa_config *cfg = &plan->cfg;
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
     nsa_carver c = {.base = base};
-    const int64_t gate_parts = ceil_div(plan->group_size, PART_ROWS);
     size_t units = 0, items = 0;
     for (int64_t i = 0; i < run->num_tiles; i++) {
         int64_t bounds[3];
         unit_bounds(plan, &tiles[i], bounds);
         units += (size_t)(bounds[CMP] + bounds[SLC] + bounds[SWA]);
-        /* units, merges, a head sum per compressed unit, choose, gates */
-        const int64_t merges = ceil_div(tiles[i].count * plan->group_size, PART_ROWS);
-        items += (size_t)(2 * bounds[CMP] + bounds[SLC] + bounds[SWA] + merges + 1 +
-                          tiles[i].count * gate_parts);
+        /* units, a merge and a gate per row, a head sum per compressed
+         * unit, the choice */
+        const int64_t rows = tiles[i].count * plan->group_size;
+        items += (size_t)(2 * bounds[CMP] + bounds[SLC] + bounds[SWA] + 2 * rows + 1);
     }
     run->tiles = nsa_carve(&c, (size_t)run->num_tiles * sizeof *run->tiles);
     run->units = nsa_carve(&c, units * sizeof *run->units);
@@ -437,13 +422,11 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
         split_tile *t = base != NULL ? &run->tiles[i] : NULL;
         if (t != NULL)
-            *t = (split_tile){.tile = tiles[i], .raw = tiles[i].raw,
-                              .compressed = tiles[i].compressed, .m = m, .q = q, .s = s,
+            *t = (split_tile){.tile = tiles[i], .m = m, .q = q, .s = s,
                               .lds = lds, .factor = factor, .ldf = (size_t)most,
                               .p_sum = p_sum, .score = score, .ld_score = ld_score,
                               .blocks = blocks,
-                              .union_blocks = union_blocks, .slots = bounds[SLC],
-                              .gate_parts = gate_parts};
+                              .union_blocks = union_blocks, .slots = bounds[SLC]};
         /* Per branch: the merged state, then the units' states with their
          * maxima, sums and accumulators each in one array ([unit][m]...). */
         for (int b = 0; b < 3; b++) {
@@ -494,7 +477,7 @@ static int64_t list_items(split_run *run)
         }
         add_units(run, t, SWA, first - first % NSA_PANEL, last, NSA_ATTEND_CHUNK);
         atomic_init(&t->cmp_left, t->unit_count[CMP]);
-        atomic_init(&t->merge_left, ceil_div((int64_t)t->m, PART_ROWS));
+        atomic_init(&t->merge_left, (int64_t)t->m);
         atomic_init(&t->sum_left, t->unit_count[CMP]);
         atomic_init(&t->select_left, 1);
         atomic_init(&t->raw_left, t->unit_count[SWA] + t->slots);
@@ -507,7 +490,7 @@ static int64_t list_items(split_run *run)
         for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
             run->items[n++] = (split_item){ITEM_UNIT, i, run->tiles[i].units[CMP] + u};
     for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int64_t k = 0; k < ceil_div((int64_t)run->tiles[i].m, PART_ROWS); k++)
+        for (int64_t k = 0; k < (int64_t)run->tiles[i].m; k++)
             run->items[n++] = (split_item){ITEM_MERGE, i, k};
     for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
@@ -522,7 +505,7 @@ static int64_t list_items(split_run *run)
             run->items[n++] = (split_item){ITEM_SLOT, i, k};
     for (int64_t i = 0; i < run->num_tiles; i++) {
         const split_tile *t = &run->tiles[i];
-        for (int64_t k = 0; k < t->tile.count * t->gate_parts; k++)
+        for (int64_t k = 0; k < (int64_t)t->m; k++)
             run->items[n++] = (split_item){ITEM_GATE, i, k};
     }
     return n;
