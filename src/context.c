@@ -26,19 +26,8 @@ void nsa_context_options_init(nsa_context_options *opts)
     opts->verbose = -1;
 }
 
-/* Parses a positive integer environment variable; 0 when unset or invalid. */
-static int32_t env_positive_int(const char *name)
-{
-    const char *text = getenv(name);
-    if (text == NULL || *text == '\0')
-        return 0;
-    char *end;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (errno != 0 || *end != '\0' || value <= 0 || value > 4096)
-        return 0;
-    return (int32_t)value;
-}
+/* The largest NSA_NUM_THREADS and NSA_VERBOSE read. */
+enum { MAX_ENV_COUNT = 4096 };
 
 /* The environment variable `name` as an integer in [0, max], or fallback
  * when it is unset or not such a number. */
@@ -118,10 +107,10 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     }
 
     c->isa = (nsa_isa)isa;
-    c->verbose = opts->verbose >= 0 ? (opts->verbose > 0) : (env_positive_int("NSA_VERBOSE") > 0);
+    c->verbose = opts->verbose >= 0 ? (opts->verbose > 0) : (env_int("NSA_VERBOSE", MAX_ENV_COUNT, 0) > 0);
     c->num_threads = opts->num_threads;
     if (c->num_threads == 0)
-        c->num_threads = env_positive_int("NSA_NUM_THREADS");
+        c->num_threads = env_int("NSA_NUM_THREADS", MAX_ENV_COUNT, 0);
     if (c->num_threads == 0)
         c->num_threads = count_cores(c->topology);
 
