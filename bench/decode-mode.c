@@ -35,7 +35,7 @@ typedef struct decode_bench {
     float *q, *gates, *out, *dense_out;
     int32_t *indices;
     /* dense: one key run per thread, its partial state, merged afterwards */
-    float *pmax, *psum, *pacc, *convert, *s, *qbuf;
+    float *pmax, *psum, *pacc, *s, *qbuf;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
     nsa_work_queue parts;
@@ -62,7 +62,6 @@ static void dense_part(void *arg, int index, int count)
     const int64_t first = len * index / count, last = len * (index + 1) / count - 1;
     const size_t rows = (size_t)cfg->num_q_heads;
     float *s = d->s + (size_t)index * (size_t)g * NSA_ATTEND_CHUNK;
-    float *convert = d->convert + (size_t)index * nsa_attend_convert_floats(dk, dv);
     int32_t *lo = d->lo + (size_t)index * (size_t)g, *hi = d->hi + (size_t)index * (size_t)g;
     int64_t *rf = d->row_first + (size_t)index * (size_t)g;
     int64_t *rl = d->row_last + (size_t)index * (size_t)g;
@@ -77,7 +76,7 @@ static void dense_part(void *arg, int index, int count)
             rf[r] = first;
             rl[r] = last;
         }
-        const nsa_keys keys = nsa_cache_keys(d->cache, h, 0, convert);
+        const nsa_keys keys = nsa_cache_keys(d->cache, h, 0);
         const nsa_rows q = {.m = (size_t)g, .dk = dk, .dv = dv, .scale = cfg->scale,
                             .q = d->q + (size_t)(h * g) * dk};
         nsa_attend_keys(&d->plan->kernels, &q, &keys, first, last, rf, rl, &state, s, lo, hi);
@@ -220,7 +219,6 @@ int bench_decode_mode(const bench_options *opt)
     d.pmax = calloc(t * rows, sizeof(float));
     d.psum = calloc(t * rows, sizeof(float));
     d.pacc = calloc(t * rows * dv, sizeof(float));
-    d.convert = calloc(t * nsa_attend_convert_floats(dk, dv), sizeof(float));
     d.s = calloc(t * g * NSA_ATTEND_CHUNK, sizeof(float));
     d.lo = calloc(t * g, sizeof(int32_t));
     d.hi = calloc(t * g, sizeof(int32_t));
@@ -259,7 +257,6 @@ int bench_decode_mode(const bench_options *opt)
     free(d.pmax);
     free(d.psum);
     free(d.pacc);
-    free(d.convert);
     free(d.s);
     free(d.lo);
     free(d.hi);

@@ -11,7 +11,7 @@
  *
  * Shapes: qk m=16 rows x 4 panels (64 keys) x dk=128; pv m=16 x nk=64 x
  * dv=128; softmax m=16 x nk=64 (dv=128 accumulators); gate_mix m=16 x
- * dv=128; pool l=32 x dim=128; cvt_bf16 8192 values. qk and pv count 2
+ * dv=128; pool l=32 x dim=128; qk_bf16 and pv_bf16 as qk and pv. qk and pv count 2
  * FLOPs per multiply-add; the others count nominal work (see the footnote
  * printed with the table). A slot the registry gains later is listed as
  * not benchmarked until it gets a shape here; the build does not break.
@@ -25,8 +25,7 @@
 #include "cpu_features.h"
 #include "ukernels.h"
 
-enum { M = 16, NP = 4, NK = NP * NSA_PANEL, DK = 128, DV = 128, POOL_L = 32,
-       CVT_N = NK * DK };
+enum { M = 16, NP = 4, NK = NP * NSA_PANEL, DK = 128, DV = 128, POOL_L = 32 };
 
 /* Every buffer of every slot; inputs are drawn once and shared by the
  * kernel and its reference. */
@@ -37,8 +36,7 @@ typedef struct buffers {
     int32_t lo[M], hi[M];
     float gates[M * 3], accs[3][M * DV], sums[3][M], out[M * DV];
     float weight[POOL_L], x[POOL_L * DV], y[DV];
-    uint16_t bf16[CVT_N];
-    float cvt[CVT_N];
+    uint16_t kp16[NP * DK * NSA_PANEL], v16[NK * DV];
 } buffers;
 
 /* Kernels are kept as void (*)(void) and cast back to their slot's type
@@ -91,9 +89,14 @@ static void call_pool(generic_fn *f, buffers *b)
     ((nsa_pool_ukernel *)f)(POOL_L, DV, b->weight, b->x, DV, b->y);
 }
 
-static void call_cvt_bf16(generic_fn *f, buffers *b)
+static void call_qk_bf16(generic_fn *f, buffers *b)
 {
-    ((nsa_cvt_bf16_ukernel *)f)(CVT_N, b->bf16, b->cvt);
+    ((nsa_qk_bf16_ukernel *)f)(M, NP, DK, 0.088388f, b->q, DK, b->kp16, b->s, NK);
+}
+
+static void call_pv_bf16(generic_fn *f, buffers *b)
+{
+    ((nsa_pv_bf16_ukernel *)f)(M, NK, DV, b->p, NK, b->v16, DV, b->acc, DV);
 }
 
 static size_t copy_out(float *out, const float *x, size_t n)
@@ -110,13 +113,11 @@ static size_t out_softmax(const buffers *b, float *out)
 }
 static size_t out_gate_mix(const buffers *b, float *out) { return copy_out(out, b->out, M * DV); }
 static size_t out_pool(const buffers *b, float *out) { return copy_out(out, b->y, DV); }
-static size_t out_cvt_bf16(const buffers *b, float *out) { return copy_out(out, b->cvt, CVT_N); }
 
 #define REF(fn) (generic_fn *)(fn), #fn
 /* Work per call: qk and pv 2 FLOPs per multiply-add; softmax 4 per score
  * (max, subtract, exp, sum) + 1 per accumulator element rescaled;
- * gate_mix 5 per output (3 multiplies, 2 adds); pool 2 per multiply-add;
- * cvt_bf16 the bytes read and written. */
+ * gate_mix 5 per output (3 multiplies, 2 adds); pool 2 per multiply-add. */
 static const slot_bench slots[] = {
     {"qk", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, "GFLOP/s", call_qk, out_qk,
      REF(nsa_f32_qk_ukernel__ref)},
@@ -128,8 +129,10 @@ static const slot_bench slots[] = {
      REF(nsa_f32_gate_mix_ukernel__ref)},
     {"pool", "l=32 dim=128", 2.0 * POOL_L * DV, "GFLOP/s", call_pool, out_pool,
      REF(nsa_f32_pool_ukernel__ref)},
-    {"cvt_bf16", "n=8192 (64 keys x 128)", 6.0 * CVT_N, "GB/s", call_cvt_bf16, out_cvt_bf16,
-     REF(nsa_bf16_cvt_ukernel__ref)},
+    {"qk_bf16", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, "GFLOP/s", call_qk_bf16,
+     out_qk, REF(nsa_bf16_qk_ukernel__ref)},
+    {"pv_bf16", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, "GFLOP/s", call_pv_bf16, out_pv,
+     REF(nsa_bf16_pv_ukernel__ref)},
 };
 #undef REF
 enum { SLOTS = sizeof slots / sizeof slots[0] };
@@ -162,6 +165,17 @@ static void fill(float *x, size_t n, float lo, float hi, uint64_t *state)
         x[i] = lo + (hi - lo) * uniform(state);
 }
 
+/* n bf16 values in [-1, 1] (the upper halves of fp32 ones). */
+static void fill_bf16(uint16_t *x, int n, uint64_t *st)
+{
+    for (int i = 0; i < n; i++) {
+        float f = 2.0f * uniform(st) - 1.0f;
+        uint32_t bits;
+        memcpy(&bits, &f, sizeof bits);
+        x[i] = (uint16_t)(bits >> 16);
+    }
+}
+
 static void init_buffers(buffers *b, uint64_t seed)
 {
     uint64_t st = seed * 0x9E3779B97F4A7C15ull + 7;
@@ -187,12 +201,8 @@ static void init_buffers(buffers *b, uint64_t seed)
     for (int j = 0; j < POOL_L; j++)
         b->weight[j] = 1.0f / POOL_L;
     fill(b->x, POOL_L * DV, -1, 1, &st);
-    for (int i = 0; i < CVT_N; i++) {
-        float x = 4.0f * uniform(&st) - 2.0f;
-        uint32_t bits;
-        memcpy(&bits, &x, sizeof bits);
-        b->bf16[i] = (uint16_t)(bits >> 16);
-    }
+    fill_bf16(b->kp16, NP * DK * NSA_PANEL, &st);
+    fill_bf16(b->v16, NK * DV, &st);
     memset(b->acc, 0, sizeof b->acc);
 }
 
@@ -281,7 +291,7 @@ static void report(FILE *f, const bench_options *opt, const slot_bench *sb, cons
 int bench_kernels_mode(const bench_options *opt)
 {
     buffers *b = malloc(sizeof *b);
-    const size_t out_floats = CVT_N + M * NK + M;
+    const size_t out_floats = M * NK + M * DV + M;
     float *want = malloc(out_floats * sizeof *want);
     float *got = malloc(out_floats * sizeof *got);
     if (b == NULL || want == NULL || got == NULL) {
@@ -335,8 +345,8 @@ int bench_kernels_mode(const bench_options *opt)
     fprintf(f, "\n%% peak: of the single-thread FMA peak of the kernel's ISA (ref: the "
                "baseline ISA's). qk/pv count 2 FLOPs per multiply-add; softmax 4 per score + 1 "
                "per accumulator element, and its time includes restoring the 4 KiB score tile; "
-               "gate_mix 5 per output; pool 2 per multiply-add; cvt_bf16 counts bytes (2 read + "
-               "4 written per value). max|diff| is against the ref kernel on the same inputs "
+               "gate_mix 5 per output; pool 2 per multiply-add; qk_bf16 and pv_bf16 as qk and pv. "
+               "max|diff| is against the ref kernel on the same inputs "
                "(non-zero exit above 1e-4).\n");
     free(b);
     free(want);

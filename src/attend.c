@@ -24,31 +24,17 @@ void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv
     }
 }
 
-size_t nsa_attend_convert_floats(size_t dk, size_t dv)
-{
-    size_t panels = NSA_CONVERT_KEYS * dk, rows = PV_STEP * dv;
-    return panels > rows ? panels : rows;
-}
-
-/* s[m][np panels] = scale q K^T; bf16 panels go through the conversion
- * scratch NSA_CONVERT_KEYS keys at a time. */
+/* s[m][np panels] = scale q K^T. */
 static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                    int64_t first_panel, int64_t np, float *s, size_t lds)
 {
-    const size_t panel_floats = rows->dk * NSA_PANEL;
-    if (keys->kp != NULL) {
-        uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
-               keys->kp + (size_t)first_panel * panel_floats, s, lds);
-        return;
-    }
-    const int64_t step = NSA_CONVERT_KEYS / NSA_PANEL;
-    for (int64_t p = 0; p < np; p += step) {
-        const int64_t n = np - p < step ? np - p : step;
-        uk->cvt_bf16((size_t)n * panel_floats,
-                     keys->kp16 + (size_t)(first_panel + p) * panel_floats, keys->convert);
-        uk->qk(rows->m, (size_t)n, rows->dk, rows->scale, rows->q, rows->dk, keys->convert,
-               s + p * NSA_PANEL, lds);
-    }
+    const size_t offset = (size_t)first_panel * rows->dk * NSA_PANEL;
+    if (keys->kp != NULL)
+        uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk, keys->kp + offset,
+               s, lds);
+    else
+        uk->qk_bf16(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
+                    keys->kp16 + offset, s, lds);
 }
 
 /* acc += p[m][count] . V[key .. key + count) (count <= PV_STEP). */
@@ -56,20 +42,13 @@ static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_k
                        int64_t key, int64_t count, const float *p, size_t ldp,
                        const nsa_softmax_state *state)
 {
-    if (keys->v != NULL) {
-        uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->v + (size_t)key * keys->ldv,
-               keys->ldv, state->acc, state->ldacc);
-        return;
-    }
-    if (keys->ldv == rows->dv) /* consecutive rows: one conversion */
-        uk->cvt_bf16((size_t)count * rows->dv, keys->v16 + (size_t)key * keys->ldv,
-                     keys->convert);
+    const size_t offset = (size_t)key * keys->ldv;
+    if (keys->v != NULL)
+        uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->v + offset, keys->ldv,
+               state->acc, state->ldacc);
     else
-        for (int64_t j = 0; j < count; j++)
-            uk->cvt_bf16(rows->dv, keys->v16 + (size_t)(key + j) * keys->ldv,
-                         keys->convert + (size_t)j * rows->dv);
-    uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->convert, rows->dv, state->acc,
-           state->ldacc);
+        uk->pv_bf16(rows->m, (size_t)count, rows->dv, p, ldp, keys->v16 + offset, keys->ldv,
+                    state->acc, state->ldacc);
 }
 
 void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,

@@ -18,23 +18,16 @@
  * paper's l' = 64, four panels. */
 enum { NSA_ATTEND_CHUNK = 64 };
 
-/* Keys per conversion step when keys are stored as bf16. */
-enum { NSA_CONVERT_KEYS = 64 };
-
 /* The keys of one sequence and KV head, laid out for the kernels: fp32, or
- * bf16 (a KV cache's storage) converted to fp32 a few panels at a time. */
+ * bf16 (a KV cache's storage), which the bf16 kernels widen as they read. */
 typedef struct nsa_keys {
     const float *kp;      /* fp32 panels; panel 0 starts at key 0 */
     const float *v;       /* fp32 value rows; row 0 is key 0 */
     const uint16_t *kp16; /* or bf16 panels and value rows (kp, v NULL) */
     const uint16_t *v16;
     size_t ldv;
-    int64_t count;  /* keys that exist (v has this many rows) */
-    float *convert; /* bf16 only: nsa_attend_convert_floats() floats */
+    int64_t count; /* keys that exist (v has this many rows) */
 } nsa_keys;
-
-/* Scratch floats bf16 keys need for the conversion. */
-size_t nsa_attend_convert_floats(size_t dk, size_t dv);
 
 /* Online-softmax state of m rows: max[m], sum[m], acc[m][ldacc]. */
 typedef struct nsa_softmax_state {

@@ -64,7 +64,7 @@ static void store_row(void *rows, nsa_dtype dtype, int64_t head_rows, int64_t di
         store(rows, dtype, base + (size_t)c, value[c]);
 }
 
-nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed, float *convert)
+nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed)
 {
     const nsa_config *cfg = &cache->plan.cfg;
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
@@ -77,7 +77,6 @@ nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed, float
     if (cache->dtype == NSA_DTYPE_BF16) {
         keys.kp16 = (const uint16_t *)k + k_off;
         keys.v16 = (const uint16_t *)v + v_off;
-        keys.convert = convert;
     } else {
         keys.kp = (const float *)k + k_off;
         keys.v = (const float *)v + v_off;

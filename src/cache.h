@@ -30,7 +30,7 @@ struct nsa_cache {
 };
 
 /* The raw (compressed = 0) or compressed keys of KV head h, as the
- * attention kernels read them; convert is the worker's scratch for bf16. */
-nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed, float *convert);
+ * attention kernels read them. */
+nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed);
 
 #endif /* NSA_CACHE_H */

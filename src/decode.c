@@ -118,8 +118,8 @@ static int64_t decode_items(const decode_run *run, int64_t num_seqs, decode_item
     return n;
 }
 
-/* The tile of an item; convert is the bf16 scratch of the worker using it. */
-static nsa_tile make_tile(const decode_run *run, const decode_item *it, float *convert)
+/* The tile of an item. */
+static nsa_tile make_tile(const decode_run *run, const decode_item *it)
 {
     const nsa_plan *plan = run->plan;
     const nsa_config *cfg = &plan->cfg;
@@ -129,8 +129,8 @@ static nsa_tile make_tile(const decode_run *run, const decode_item *it, float *c
     /* the packed row of the item's first query */
     const int64_t row = run->cu_queries[it->seq + 1] - (cache->length - it->first);
     return (nsa_tile){
-            .raw = nsa_cache_keys(cache, it->head, 0, convert),
-            .compressed = nsa_cache_keys(cache, it->head, 1, convert),
+            .raw = nsa_cache_keys(cache, it->head, 0),
+            .compressed = nsa_cache_keys(cache, it->head, 1),
             .len = cache->length,
             .first = it->first,
             .count = it->count,
@@ -153,7 +153,7 @@ static void decode_worker(void *arg, int32_t worker, int32_t num_workers)
     float *scratch = run->scratch + (size_t)worker * run->worker_floats;
     (void)num_workers;
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
-        const nsa_tile tile = make_tile(run, &run->items[i], scratch + run->tile_floats);
+        const nsa_tile tile = make_tile(run, &run->items[i]);
         nsa_tile_attend(run->plan, &tile, run->tile_queries, run->max_len, scratch);
     }
 }
@@ -165,7 +165,7 @@ static nsa_status decode_split(decode_run *run, int64_t num_seqs, int64_t items)
     decode_item list[NSA_SPLIT_MAX_TILES];
     decode_items(run, num_seqs, list);
     for (int64_t i = 0; i < items; i++)
-        tiles[i] = make_tile(run, &list[i], NULL);
+        tiles[i] = make_tile(run, &list[i]);
     return nsa_decode_split(run->plan, tiles, items, run->max_len);
 }
 
@@ -188,11 +188,8 @@ nsa_status nsa_decode(const nsa_plan *plan, int64_t num_seqs, const nsa_cache *c
         return decode_split(&run, num_seqs, items);
 
     nsa_context *ctx = plan->ctx;
-    const nsa_config *cfg = &plan->cfg;
     run.tile_floats = nsa_tile_scratch_floats(plan, run.tile_queries, run.max_len);
-    run.worker_floats = (run.tile_floats + nsa_attend_convert_floats((size_t)cfg->head_dim_qk,
-                                                                     (size_t)cfg->head_dim_v) +
-                         15) & ~(size_t)15;
+    run.worker_floats = (run.tile_floats + 15) & ~(size_t)15;
     nsa_carver layout = {0};
     nsa_carve(&layout, (size_t)items * sizeof *run.items);
     nsa_carve(&layout, (size_t)ctx->num_threads * run.worker_floats * sizeof(float));

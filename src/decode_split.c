@@ -10,15 +10,17 @@
  * do not depend on the number of workers, so neither do the results.
  *
  * A step is short (tens of microseconds), so it is one eager pool run with
- * no barrier: a fixed list of items — every tile's compressed units, its
- * selection (merges of one row each, head sums of one compressed unit
- * each, which also score the blocks inside that unit, then the choice),
- * its window units, slots for its selected blocks, and its gate items of
- * one row each — is handed out in order, and an item that needs earlier
- * ones waits on the tile's counters. The window units come after the
- * choice, the one serial step, so that the workers it leaves idle take
- * them. Items are taken in order and only wait on earlier items, so some
- * worker always makes progress; workers that wake late find the list empty.
+ * no barrier: a fixed list of items — every tile's compressed units (the
+ * last to finish merges their maxima and sums), its selection (head sums
+ * of one compressed unit each, which also score and rank the blocks inside
+ * that unit, then the choice among the units' best), the merges of the
+ * compressed accumulators (one row each), its window units, slots for its
+ * selected blocks, and its gate items of one row each — is handed out in
+ * order, and an item that needs earlier ones waits on the tile's counters.
+ * The accumulator merges and window units come after the choice, the one
+ * serial step, so that the workers it leaves idle take them. Items are
+ * taken in order and only wait on earlier items, so some worker always
+ * makes progress; workers that wake late find the list empty.
  * The buffers live in the context's kept workspace: repeated steps neither
  * allocate nor fault pages.
  */
@@ -53,21 +55,24 @@ typedef struct split_tile {
     float *p_sum;          /* [count][lds]: Eq. 9's sums over the group */
     float *score;          /* [count][ld_score]: block scores */
     size_t ld_score;
+    nsa_ranked *unit_best;    /* [count][compressed units][n]: each unit's best blocks */
+    int32_t *unit_best_count; /* [count][compressed units] */
+    nsa_ranked *best;         /* [count][n]: the choice's candidates */
     int32_t *blocks;       /* [count][n] chosen by each query */
     int32_t *union_blocks; /* [count * n] their union */
     int64_t units[3], unit_count[3]; /* each branch's first unit and count */
     int64_t slots;                   /* selected-block slots: >= unit_count[SLC] */
     nsa_softmax_state merged[3];
     /* Items still to finish before the next step of the tile may start. */
-    atomic_int_fast64_t cmp_left;     /* compressed units: then merge */
-    atomic_int_fast64_t merge_left;   /* their merge: then head sums */
+    atomic_int_fast64_t cmp_left;     /* compressed units: the last merges maxima and sums */
+    atomic_int_fast64_t merge_left;   /* that merge: then head sums and accumulator merges */
     atomic_int_fast64_t sum_left;     /* head sums: then choose */
     atomic_int_fast64_t select_left;  /* the choice: then selected blocks */
-    atomic_int_fast64_t raw_left;     /* window units and slots: then gate */
+    atomic_int_fast64_t raw_left;     /* accumulator merges, window units, slots: then gate */
 } split_tile;
 
 /* The steps of a tile, in the order the items list them. */
-enum { ITEM_UNIT, ITEM_MERGE, ITEM_SUM, ITEM_CHOOSE, ITEM_SLOT, ITEM_GATE };
+enum { ITEM_UNIT, ITEM_SUM, ITEM_CHOOSE, ITEM_MERGE, ITEM_SLOT, ITEM_GATE };
 
 typedef struct split_item {
     int kind;
@@ -94,10 +99,11 @@ static int64_t ceil_div(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-/* Worker scratch: a chunk of scores, row limits, bf16 conversion, and the
- * head sum's row weights. */
+
+/* Worker scratch: a chunk of scores, row limits and the head sum's row
+ * weights. */
 typedef struct worker_scratch {
-    float *s, *convert, *weight;
+    float *s, *weight;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
 } worker_scratch;
@@ -106,14 +112,10 @@ typedef struct worker_scratch {
  * its bytes. */
 static size_t worker_scratch_carve(const split_run *run, char *base, worker_scratch *w)
 {
-    const nsa_config *cfg = &run->plan->cfg;
     const size_t m = (size_t)(nsa_tile_queries(run->plan, 0) * run->plan->group_size);
     nsa_carver c = {.base = base};
     worker_scratch ws;
     ws.s = nsa_carve(&c, m * NSA_ATTEND_CHUNK * sizeof(float));
-    ws.convert = nsa_carve(&c, nsa_attend_convert_floats((size_t)cfg->head_dim_qk,
-                                                         (size_t)cfg->head_dim_v) *
-                                   sizeof(float));
     ws.weight = nsa_carve(&c, (size_t)run->plan->group_size * sizeof(float));
     ws.lo = nsa_carve(&c, m * sizeof(int32_t));
     ws.hi = nsa_carve(&c, m * sizeof(int32_t));
@@ -138,8 +140,7 @@ static void compressed_unit(const split_run *run, const split_unit *u, worker_sc
     const split_tile *t = &run->tiles[u->tile];
     const nsa_plan *plan = run->plan;
     const nsa_rows rows = tile_rows(run, t);
-    nsa_keys keys = t->tile.compressed; /* workers add their conversion scratch */
-    keys.convert = w->convert;
+    const nsa_keys keys = t->tile.compressed;
     for (int64_t tq = 0; tq < t->tile.count; tq++) {
         const int64_t nc = nsa_visible_compressed(&plan->cfg, t->tile.first + tq, t->tile.len);
         const int64_t last = nc - 1 < u->last ? nc - 1 : u->last;
@@ -157,8 +158,7 @@ static void raw_unit(const split_run *run, const split_unit *u, worker_scratch *
 {
     const split_tile *t = &run->tiles[u->tile];
     const nsa_rows rows = tile_rows(run, t);
-    nsa_keys keys = t->tile.raw;
-    keys.convert = w->convert;
+    const nsa_keys keys = t->tile.raw;
     int64_t first_key, last_key;
     if (u->branch == SLC)
         nsa_selected_rows(run->plan, t->tile.first, t->tile.count, t->tile.len, t->blocks,
@@ -182,41 +182,43 @@ static void run_unit(const split_run *run, const split_unit *u, worker_scratch *
 /* ------------------------------------------------------ tiles: merging -- */
 
 /* Row r of merged = the log-sum-exp merge of the branch's units, in unit
- * order; leaves the row's unit weights exp(max_unit - max) in
- * factor[r][unit] (rows apart, so items merge their rows side by side).
- * The units' accumulators lie [unit][m][dv], so the row's merge is one
- * pool (a weighted sum of rows) over the units. */
-static void merge_row(const split_run *run, split_tile *t, int branch, size_t r)
+ * order, in two parts: merge_scalars the maximum and the sum, leaving the
+ * row's unit weights exp(max_unit - max) in factor[r][unit] (rows apart, so
+ * items merge their rows side by side); merge_acc the accumulator. The
+ * units' accumulators lie [unit][m][dv], so that is one pool (a weighted
+ * sum of rows) over the units. */
+static void merge_scalars(const split_run *run, split_tile *t, int branch, size_t r)
 {
-    const size_t dv = (size_t)run->plan->cfg.head_dim_v;
-    const nsa_softmax_state *out = &t->merged[branch];
     const split_unit *units = run->units + t->units[branch];
-    const int64_t count = t->unit_count[branch];
-    if (count == 0) {
-        out->max[r] = -INFINITY;
-        out->sum[r] = 0.0f;
-        memset(out->acc + r * dv, 0, dv * sizeof(float));
-        return;
-    }
     float max = -INFINITY, sum = 0.0f, *f = t->factor + r * t->ldf;
-    for (int64_t u = 0; u < count; u++)
+    for (int64_t u = 0; u < t->unit_count[branch]; u++)
         max = fmaxf(max, units[u].state.max[r]);
-    for (int64_t u = 0; u < count; u++) {
+    for (int64_t u = 0; u < t->unit_count[branch]; u++) {
         const float unit_max = units[u].state.max[r];
         f[u] = unit_max == -INFINITY ? 0.0f : expf(unit_max - max);
         sum += f[u] * units[u].state.sum[r];
     }
-    out->max[r] = max;
-    out->sum[r] = sum;
-    run->plan->kernels.pool((size_t)count, dv, f, units[0].state.acc + r * dv, t->m * dv,
-                            out->acc + r * dv);
+    t->merged[branch].max[r] = max;
+    t->merged[branch].sum[r] = sum;
+}
+
+static void merge_acc(const split_run *run, const split_tile *t, int branch, size_t r)
+{
+    const size_t dv = (size_t)run->plan->cfg.head_dim_v;
+    float *acc = t->merged[branch].acc + r * dv;
+    if (t->unit_count[branch] == 0)
+        memset(acc, 0, dv * sizeof(float));
+    else
+        run->plan->kernels.pool((size_t)t->unit_count[branch], dv, t->factor + r * t->ldf,
+                                run->units[t->units[branch]].state.acc + r * dv, t->m * dv,
+                                acc);
 }
 
 /* The part of every query's p_sum (spec Eq. 9's sum over the group's heads
  * of the normalised compressed probabilities) that compressed unit u
  * covers: the G rows' probabilities weighted by their merge factor over
  * their total, summed with one pool; then the scores of the blocks that
- * read only that part. */
+ * read only that part, and the best of them. */
 static void head_sum(const split_run *run, split_tile *t, int64_t u, float *weight)
 {
     const nsa_plan *plan = run->plan;
@@ -240,7 +242,12 @@ static void head_sum(const split_run *run, split_tile *t, int64_t u, float *weig
         nsa_blocks_within(&plan->cfg, first, last, nc,
                           nsa_candidate_blocks(&plan->cfg, t->tile.first + tq, t->tile.len),
                           &j0, &j1);
-        nsa_block_scores(&plan->cfg, p_sum, nc, t->score + (size_t)tq * t->ld_score, j0, j1);
+        float *score = t->score + (size_t)tq * t->ld_score;
+        nsa_block_scores(&plan->cfg, p_sum, nc, score, j0, j1);
+        const size_t best = (size_t)(tq * t->unit_count[CMP] + u);
+        t->unit_best_count[best] = nsa_rank_blocks(
+            &plan->cfg, score, j0, j1, (t->tile.first + tq) / plan->cfg.sel_block,
+            plan->cfg.sel_count, t->unit_best + best * (size_t)plan->cfg.sel_count, 0);
     }
 }
 
@@ -258,40 +265,51 @@ static void add_units(split_run *run, split_tile *t, int branch, int64_t first, 
     }
 }
 
-/* Scores the blocks the head sums left (those reading two units' tokens)
- * for query tq. */
-static void score_boundaries(const split_run *run, split_tile *t, int64_t tq, int64_t candidates)
+/* Query tq's blocks: the forced ones, then the best of the blocks the head
+ * sums ranked (each unit's best) and of those they left (the blocks whose
+ * scores read two units' tokens), which are scored here. */
+static void choose_query(const split_run *run, split_tile *t, int64_t tq, int32_t *blocks)
 {
     const nsa_config *cfg = &run->plan->cfg;
-    const int64_t nc = nsa_visible_compressed(cfg, t->tile.first + tq, t->tile.len);
+    const int64_t pos = t->tile.first + tq, query_block = pos / cfg->sel_block;
+    const int64_t candidates = nsa_candidate_blocks(cfg, pos, t->tile.len);
+    const int64_t nc = nsa_visible_compressed(cfg, pos, t->tile.len);
+    const int32_t n = cfg->sel_count;
     const split_unit *units = run->units + t->units[CMP];
     const float *p_sum = t->p_sum + (size_t)tq * t->lds;
     float *score = t->score + (size_t)tq * t->ld_score;
-    int64_t next = 0; /* blocks below are scored */
+    nsa_ranked *best = t->best + (size_t)tq * (size_t)n;
+    const int32_t forced = nsa_forced_blocks(cfg, candidates, query_block, blocks);
+    const int32_t want = (candidates < n ? (int32_t)candidates : n) - forced;
+    int32_t have = 0;
+    int64_t next = 0; /* blocks below are ranked */
     for (int64_t u = 0; u < t->unit_count[CMP] && units[u].first < nc; u++) {
         int64_t j0, j1;
         nsa_blocks_within(cfg, units[u].first, units[u].last < nc ? units[u].last : nc - 1, nc,
                           candidates, &j0, &j1);
-        if (j0 > next)
+        if (j0 > next) {
             nsa_block_scores(cfg, p_sum, nc, score, next, j0);
+            have = nsa_rank_blocks(cfg, score, next, j0, query_block, want, best, have);
+        }
+        const size_t list = (size_t)(tq * t->unit_count[CMP] + u);
+        have = nsa_rank_merge(t->unit_best + list * (size_t)n, t->unit_best_count[list], want,
+                              best, have);
         next = j1 > next ? j1 : next;
     }
     nsa_block_scores(cfg, p_sum, nc, score, next, candidates);
+    have = nsa_rank_blocks(cfg, score, next, candidates, query_block, want, best, have);
+    nsa_finish_selection(cfg, forced, best, have, blocks);
 }
 
-/* Chooses every query's blocks from its block scores and lists the
- * selected units (one per block of their union). */
+/* Chooses every query's blocks and lists the selected units (one per block
+ * of their union). */
 static void choose_tile(split_run *run, split_tile *t)
 {
     const nsa_plan *plan = run->plan;
     const int64_t n = plan->cfg.sel_count, l = plan->cfg.sel_block;
     for (int64_t tq = 0; tq < t->tile.count; tq++) {
-        const int64_t pos = t->tile.first + tq;
-        const int64_t candidates = nsa_candidate_blocks(&plan->cfg, pos, t->tile.len);
         int32_t *blocks = t->blocks + tq * n;
-        score_boundaries(run, t, tq, candidates);
-        nsa_select_blocks(&plan->cfg, t->score + (size_t)tq * t->ld_score, candidates,
-                          pos / l, blocks);
+        choose_query(run, t, tq, blocks);
         if (t->tile.indices_out != NULL)
             memcpy(t->tile.indices_out + (size_t)tq * t->tile.index_stride, blocks,
                    (size_t)n * sizeof *blocks);
@@ -308,8 +326,10 @@ static void gate_row(const split_run *run, split_tile *t, size_t r)
     const nsa_plan *plan = run->plan;
     const size_t g = (size_t)plan->group_size, dv = (size_t)plan->cfg.head_dim_v;
     const size_t tq = r / g, head = r % g;
-    merge_row(run, t, SLC, r);
-    merge_row(run, t, SWA, r);
+    for (int b = SLC; b <= SWA; b++) {
+        merge_scalars(run, t, b, r);
+        merge_acc(run, t, b, r);
+    }
     const nsa_softmax_state *s = t->merged;
     plan->kernels.gate_mix(1, dv, t->tile.gates + tq * t->tile.gates_stride + head * 3,
                            s[CMP].acc + r * dv, s[CMP].sum + r, s[SLC].acc + r * dv,
@@ -325,13 +345,19 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
     case ITEM_UNIT: {
         const split_unit *u = &run->units[it->index];
         run_unit(run, u, w);
-        nsa_count_down(u->branch == CMP ? &t->cmp_left : &t->raw_left);
+        if (u->branch != CMP) {
+            nsa_count_down(&t->raw_left);
+        } else if (nsa_count_down(&t->cmp_left)) { /* the last one */
+            for (size_t r = 0; r < t->m; r++)
+                merge_scalars(run, t, CMP, r);
+            nsa_count_down(&t->merge_left);
+        }
         break;
     }
     case ITEM_MERGE:
-        nsa_wait_zero(&t->cmp_left);
-        merge_row(run, t, CMP, (size_t)it->index);
-        nsa_count_down(&t->merge_left);
+        nsa_wait_zero(&t->merge_left);
+        merge_acc(run, t, CMP, (size_t)it->index);
+        nsa_count_down(&t->raw_left);
         break;
     case ITEM_SUM:
         nsa_wait_zero(&t->merge_left);
@@ -418,6 +444,11 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         float *p_sum = nsa_carve(&c, (size_t)tiles[i].count * lds * sizeof(float));
         const size_t ld_score = (size_t)nsa_num_blocks(cfg, tiles[i].len) + 1;
         float *score = nsa_carve(&c, (size_t)tiles[i].count * ld_score * sizeof(float));
+        const size_t best_lists = (size_t)(tiles[i].count * bounds[CMP]);
+        nsa_ranked *unit_best =
+            nsa_carve(&c, best_lists * (size_t)cfg->sel_count * sizeof(nsa_ranked));
+        int32_t *unit_best_count = nsa_carve(&c, best_lists * sizeof(int32_t));
+        nsa_ranked *best = nsa_carve(&c, n * sizeof(nsa_ranked));
         int32_t *blocks = nsa_carve(&c, n * sizeof(int32_t));
         int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
         split_tile *t = base != NULL ? &run->tiles[i] : NULL;
@@ -425,6 +456,8 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
             *t = (split_tile){.tile = tiles[i], .m = m, .q = q, .s = s,
                               .lds = lds, .factor = factor, .ldf = (size_t)most,
                               .p_sum = p_sum, .score = score, .ld_score = ld_score,
+                              .unit_best = unit_best, .unit_best_count = unit_best_count,
+                              .best = best,
                               .blocks = blocks,
                               .union_blocks = union_blocks, .slots = bounds[SLC]};
         /* Per branch: the merged state, then the units' states with their
@@ -477,26 +510,29 @@ static int64_t list_items(split_run *run)
         }
         add_units(run, t, SWA, first - first % NSA_PANEL, last, NSA_ATTEND_CHUNK);
         atomic_init(&t->cmp_left, t->unit_count[CMP]);
-        atomic_init(&t->merge_left, (int64_t)t->m);
+        atomic_init(&t->merge_left, t->unit_count[CMP] > 0);
+        if (t->unit_count[CMP] == 0) /* no unit will merge them */
+            for (size_t r = 0; r < t->m; r++)
+                merge_scalars(run, t, CMP, r);
         atomic_init(&t->sum_left, t->unit_count[CMP]);
         atomic_init(&t->select_left, 1);
-        atomic_init(&t->raw_left, t->unit_count[SWA] + t->slots);
+        atomic_init(&t->raw_left, (int64_t)t->m + t->unit_count[SWA] + t->slots);
     }
-    /* The selection (merge, head sums, choice) comes right after the
-     * compressed units, and the window units after it: workers that the
-     * selection leaves idle take them. */
+    /* The selection (head sums, choice) comes right after the compressed
+     * units, and the accumulator merges and window units after it: workers
+     * that the selection leaves idle take them. */
     int64_t n = 0;
     for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
             run->items[n++] = (split_item){ITEM_UNIT, i, run->tiles[i].units[CMP] + u};
     for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int64_t k = 0; k < (int64_t)run->tiles[i].m; k++)
-            run->items[n++] = (split_item){ITEM_MERGE, i, k};
-    for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
             run->items[n++] = (split_item){ITEM_SUM, i, u};
     for (int64_t i = 0; i < run->num_tiles; i++)
         run->items[n++] = (split_item){ITEM_CHOOSE, i, 0};
+    for (int64_t i = 0; i < run->num_tiles; i++)
+        for (int64_t k = 0; k < (int64_t)run->tiles[i].m; k++)
+            run->items[n++] = (split_item){ITEM_MERGE, i, k};
     for (int64_t i = 0; i < run->num_tiles; i++)
         for (int64_t u = 0; u < run->tiles[i].unit_count[SWA]; u++)
             run->items[n++] = (split_item){ITEM_UNIT, i, run->tiles[i].units[SWA] + u};

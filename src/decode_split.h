@@ -10,7 +10,7 @@
 #include "tile.h"
 
 /* Compressed keys per unit, a multiple of NSA_PANEL. */
-enum { NSA_SPLIT_CMP_KEYS = 128 };
+enum { NSA_SPLIT_CMP_KEYS = 256 };
 
 /* A decode with at most this many tiles takes the split path; more tiles
  * keep every worker busy on their own. Fixed, so the path (and so the

@@ -94,37 +94,73 @@ void nsa_sort_blocks(int32_t *blocks, int32_t count)
     }
 }
 
-int32_t nsa_select_blocks(const nsa_config *cfg, const float *score, int64_t num_candidates,
-                          int64_t query_block, int32_t *selected)
+/* a ranks above b: a higher score, or an equal one and a lower index. */
+static int ranks_above(nsa_ranked a, nsa_ranked b)
 {
-    const int32_t n = cfg->sel_count;
-    const int32_t target = num_candidates < n ? (int32_t)num_candidates : n;
-    int32_t count = 0;
-    for (int64_t j = 0; j < num_candidates && count < target; j++)
-        if (is_forced(cfg, j, query_block))
-            selected[count++] = (int32_t)j;
+    return a.score > b.score || (a.score == b.score && a.block < b.block);
+}
 
-    /* The best (target - count) unforced candidates, kept in selected[count..]
-     * ordered by descending score. Candidates arrive in ascending index, so
-     * a later candidate displaces an earlier one only with a strictly higher
-     * score: ties go to the lower index. */
-    int32_t *best = selected + count;
-    int32_t want = target - count, have = 0;
-    for (int64_t j = 0; j < num_candidates && want > 0; j++) {
-        if (is_forced(cfg, j, query_block))
-            continue;
-        int32_t pos = have < want ? have++ : want;
-        while (pos > 0 && score[j] > score[best[pos - 1]]) {
-            if (pos < want)
-                best[pos] = best[pos - 1];
-            pos--;
-        }
+/* Puts c into best[0 .. have) (rank order, at most want kept). */
+static int32_t insert(nsa_ranked *best, int32_t have, int32_t want, nsa_ranked c)
+{
+    int32_t pos = have < want ? have++ : want;
+    for (; pos > 0 && ranks_above(c, best[pos - 1]); pos--)
         if (pos < want)
-            best[pos] = (int32_t)j;
-    }
-    count += have;
-    nsa_sort_blocks(selected, count);
-    for (int32_t i = count; i < n; i++)
-        selected[i] = -1;
+            best[pos] = best[pos - 1];
+    if (pos < want)
+        best[pos] = c;
+    return have;
+}
+
+int32_t nsa_rank_blocks(const nsa_config *cfg, const float *score, int64_t first, int64_t end,
+                        int64_t query_block, int32_t want, nsa_ranked *best, int32_t have)
+{
+    for (int64_t j = first; j < end; j++)
+        if (!is_forced(cfg, j, query_block))
+            have = insert(best, have, want, (nsa_ranked){score[j], (int32_t)j});
+    return have;
+}
+
+int32_t nsa_rank_merge(const nsa_ranked *from, int32_t count, int32_t want, nsa_ranked *best,
+                       int32_t have)
+{
+    for (int32_t i = 0; i < count; i++)
+        have = insert(best, have, want, from[i]);
+    return have;
+}
+
+int32_t nsa_forced_blocks(const nsa_config *cfg, int64_t num_candidates, int64_t query_block,
+                          int32_t *selected)
+{
+    const int64_t target = num_candidates < cfg->sel_count ? num_candidates : cfg->sel_count;
+    const int64_t init_end = cfg->sel_init < num_candidates ? cfg->sel_init : num_candidates;
+    int64_t local = query_block - cfg->sel_local + 1;
+    local = local > init_end ? local : init_end;
+    int32_t count = 0;
+    for (int64_t j = 0; j < init_end && count < target; j++)
+        selected[count++] = (int32_t)j;
+    for (int64_t j = local; j <= query_block && j < num_candidates && count < target; j++)
+        selected[count++] = (int32_t)j;
     return count;
+}
+
+int32_t nsa_finish_selection(const nsa_config *cfg, int32_t forced, const nsa_ranked *best,
+                             int32_t have, int32_t *selected)
+{
+    for (int32_t i = 0; i < have; i++)
+        selected[forced + i] = best[i].block;
+    nsa_sort_blocks(selected, forced + have);
+    for (int32_t i = forced + have; i < cfg->sel_count; i++)
+        selected[i] = -1;
+    return forced + have;
+}
+
+int32_t nsa_select_blocks(const nsa_config *cfg, const float *score, int64_t num_candidates,
+                          int64_t query_block, nsa_ranked *best, int32_t *selected)
+{
+    const int32_t forced = nsa_forced_blocks(cfg, num_candidates, query_block, selected);
+    const int32_t want =
+        (num_candidates < cfg->sel_count ? (int32_t)num_candidates : cfg->sel_count) - forced;
+    const int32_t have = nsa_rank_blocks(cfg, score, 0, num_candidates, query_block, want, best, 0);
+    return nsa_finish_selection(cfg, forced, best, have, selected);
 }

@@ -74,10 +74,11 @@ int64_t nsa_now_ns(void);
 void nsa_wait_zero(atomic_int_fast64_t *count);
 
 /* Lowers *count by one with release ordering: the writes made before are
- * visible to whoever nsa_wait_zero sees it reach 0. */
-static inline void nsa_count_down(atomic_int_fast64_t *count)
+ * visible to whoever nsa_wait_zero sees it reach 0, and to the caller that
+ * brings it to 0, which gets 1 back (0 otherwise). */
+static inline int nsa_count_down(atomic_int_fast64_t *count)
 {
-    atomic_fetch_sub_explicit(count, 1, memory_order_release);
+    return atomic_fetch_sub_explicit(count, 1, memory_order_acq_rel) == 1;
 }
 
 #endif /* NSA_THREADS_H */

@@ -30,6 +30,7 @@ struct nsa_tile_scratch {
     float *s;            /* [m][NSA_ATTEND_CHUNK] */
     float *p_sum;        /* [max compressed] */
     float *score;        /* [max blocks] */
+    nsa_ranked *ranked;  /* [n]: the selection's candidates */
     int32_t *blocks;     /* [max queries][n] */
     int32_t *union_blocks; /* [max queries * n] */
     int32_t *lo, *hi;    /* [m] */
@@ -77,6 +78,7 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     v.s = nsa_carve(&c, m * NSA_ATTEND_CHUNK * sizeof(float));
     v.p_sum = nsa_carve(&c, max_c * sizeof(float));
     v.score = nsa_carve(&c, max_blocks * sizeof(float));
+    v.ranked = nsa_carve(&c, (size_t)cfg->sel_count * sizeof(nsa_ranked));
     for (int b = 0; b < 3; b++) {
         v.branch[b].max = nsa_carve(&c, m * sizeof(float));
         v.branch[b].sum = nsa_carve(&c, m * sizeof(float));
@@ -113,15 +115,15 @@ static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, float *q)
 
 /* Blocks for the query at position pos of a sequence of len keys, from
  * p_sum (spec Eq. 9's normalised compressed probabilities summed over the
- * group's G rows); score is scratch for the blocks. Writes n blocks,
+ * group's G rows); t's score and ranked are scratch. Writes n blocks,
  * ascending, -1 padded. */
 static void choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, const float *p_sum,
-                            float *score, int32_t *blocks)
+                            nsa_tile_scratch *t, int32_t *blocks)
 {
     const nsa_config *cfg = &plan->cfg;
     const int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
-    nsa_block_scores(cfg, p_sum, nsa_visible_compressed(cfg, pos, len), score, 0, candidates);
-    nsa_select_blocks(cfg, score, candidates, pos / cfg->sel_block, blocks);
+    nsa_block_scores(cfg, p_sum, nsa_visible_compressed(cfg, pos, len), t->score, 0, candidates);
+    nsa_select_blocks(cfg, t->score, candidates, pos / cfg->sel_block, t->ranked, blocks);
 }
 
 /* p_sum of query tq (spec Eq. 9: the group's normalised compressed
@@ -162,7 +164,7 @@ static void choose_blocks(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_s
             nsa_normalize_blocks(blocks, (int32_t)n);
         } else {
             head_sum(plan, tile, tq, t);
-            choose_from_sum(plan, tile->first + tq, tile->len, t->p_sum, t->score, blocks);
+            choose_from_sum(plan, tile->first + tq, tile->len, t->p_sum, t, blocks);
         }
         if (tile->indices_out != NULL)
             memcpy(tile->indices_out + (size_t)tq * tile->index_stride, blocks,

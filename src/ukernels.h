@@ -69,8 +69,23 @@ static inline float nsa_gate_over_sum(float gate, float sum)
 typedef void nsa_pool_ukernel(size_t l, size_t dim, const float *weight, const float *x,
                             size_t ldx, float *y);
 
-/* dst[i] = src[i] for n bf16 values (the upper half of an fp32): exact. */
-typedef void nsa_cvt_bf16_ukernel(size_t n, const uint16_t *src, float *dst);
+/* qk and pv over keys and values stored as bf16 (a KV cache's storage;
+ * bf16 is the upper half of an fp32, so widening is exact): the same
+ * contracts with kp and v holding bf16, the arithmetic in fp32. */
+typedef void nsa_qk_bf16_ukernel(size_t m, size_t np, size_t dk, float scale, const float *q,
+                                 size_t ldq, const uint16_t *kp, float *s, size_t lds);
+typedef void nsa_pv_bf16_ukernel(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
+                                 const uint16_t *v, size_t ldv, float *acc, size_t ldacc);
+
+/* The fp32 value of a bf16 one. */
+static inline float nsa_bf16_to_f32(uint16_t x)
+{
+    union {
+        uint32_t u;
+        float f;
+    } bits = {.u = (uint32_t)x << 16};
+    return bits.f;
+}
 
 /* The backward pass (spec section 7) recomputes each branch's probabilities
  * P = exp(scale q.k - lse) from the forward's log-sum-exp, with dp = dO V^T
@@ -109,7 +124,8 @@ typedef struct nsa_ukernels {
     nsa_softmax_ukernel *softmax;
     nsa_gate_mix_ukernel *gate_mix;
     nsa_pool_ukernel *pool;
-    nsa_cvt_bf16_ukernel *cvt_bf16;
+    nsa_qk_bf16_ukernel *qk_bf16;
+    nsa_pv_bf16_ukernel *pv_bf16;
     nsa_grad_prob_ukernel *grad_prob;
     nsa_grad_score_ukernel *grad_score;
     nsa_grad_score_t_ukernel *grad_score_t;
@@ -122,7 +138,8 @@ nsa_pv_ukernel nsa_f32_pv_ukernel__ref;
 nsa_softmax_ukernel nsa_f32_softmax_ukernel__ref;
 nsa_gate_mix_ukernel nsa_f32_gate_mix_ukernel__ref;
 nsa_pool_ukernel nsa_f32_pool_ukernel__ref;
-nsa_cvt_bf16_ukernel nsa_bf16_cvt_ukernel__ref;
+nsa_qk_bf16_ukernel nsa_bf16_qk_ukernel__ref;
+nsa_pv_bf16_ukernel nsa_bf16_pv_ukernel__ref;
 nsa_grad_prob_ukernel nsa_f32_grad_prob_ukernel__ref;
 nsa_grad_score_ukernel nsa_f32_grad_score_ukernel__ref;
 nsa_grad_score_t_ukernel nsa_f32_grad_score_t_ukernel__ref;

@@ -52,6 +52,12 @@ static decode_case cases[] = { /* not const: cmocka passes each as mutable state
      {680}, 1, NSA_DTYPE_BF16},
     {"linear-pe-g1-bf16", 2, 2, 20, 12, 32, 16, 64, 5, 1, 1, 100, NSA_COMPRESS_LINEAR, 1,
      {1, 31, 500}, {90, 160, 560}, 3, NSA_DTYPE_BF16},
+    /* over 256 compressed tokens: the long path's compressed units each
+     * rank their own blocks, and blocks straddle the units' edges */
+    {"mean-g16-many-units", 16, 1, 16, 8, 8, 4, 16, 6, 1, 2, 32, NSA_COMPRESS_MEAN, 0, {1100},
+     {1125}, 1, NSA_DTYPE_F32},
+    {"weighted-g2-many-units-chunks", 4, 2, 8, 16, 12, 4, 16, 5, 0, 1, 24,
+     NSA_COMPRESS_WEIGHTED, 1, {1030, 700}, {1060, 720}, 4, NSA_DTYPE_F32},
 };
 
 enum { MAX_SEQS = 3 };

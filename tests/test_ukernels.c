@@ -33,7 +33,8 @@ typedef enum slot {
     SLOT_softmax,
     SLOT_gate_mix,
     SLOT_pool,
-    SLOT_cvt_bf16,
+    SLOT_qk_bf16,
+    SLOT_pv_bf16,
     SLOT_grad_prob,
     SLOT_grad_score,
     SLOT_grad_score_t
@@ -84,6 +85,20 @@ static float *copy_floats(const float *x, size_t n)
     return y;
 }
 
+/* Random bf16 values in [lo, hi] (the upper halves of fp32 ones). */
+static uint16_t *random_bf16(size_t n, float lo, float hi)
+{
+    uint16_t *x = malloc((n ? n : 1) * sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++) {
+        const float f = uniform(lo, hi);
+        uint32_t bits;
+        memcpy(&bits, &f, sizeof bits);
+        x[i] = (uint16_t)(bits >> 16);
+    }
+    return x;
+}
+
 /* A value no kernel computes: marks memory a kernel must not write. */
 static const float SENTINEL = -12345.5f;
 
@@ -112,9 +127,10 @@ static void expect_region(const char *what, const float *got, const float *want,
 
 /* ---------------------------------------------------------------- cases -- */
 
-static void check_qk(nsa_qk_ukernel *fn, const char *name)
+/* qk with fp32 keys (fn) or bf16 keys (fn16), against its reference. */
+static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, const char *name)
 {
-    static const size_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 24, 33};
+    static const size_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 24, 31, 33};
     static const size_t nps[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
     static const size_t dks[] = {1, 3, 8, 17, 64, 128, 129};
     for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
@@ -123,26 +139,34 @@ static void check_qk(nsa_qk_ukernel *fn, const char *name)
                 const size_t m = ms[a], np = nps[b], dk = dks[c];
                 const size_t ldq = dk + 3, lds = np * NSA_PANEL + 5, total = (m + 1) * lds;
                 float *q = random_floats((m - 1) * ldq + dk, -1, 1);
-                float *kp = random_floats(np * dk * NSA_PANEL, -1, 1);
+                float *kp = fn != NULL ? random_floats(np * dk * NSA_PANEL, -1, 1) : NULL;
+                uint16_t *kp16 = fn16 != NULL ? random_bf16(np * dk * NSA_PANEL, -1, 1) : NULL;
                 float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
                 fill_sentinel(got, total);
                 fill_sentinel(want, total);
-                fn(m, np, dk, 0.37f, q, ldq, kp, got, lds);
-                nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
+                if (fn != NULL) {
+                    fn(m, np, dk, 0.37f, q, ldq, kp, got, lds);
+                    nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
+                } else {
+                    fn16(m, np, dk, 0.37f, q, ldq, kp16, got, lds);
+                    nsa_bf16_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp16, want, lds);
+                }
                 char what[128];
                 snprintf(what, sizeof what, "%s m=%zu np=%zu dk=%zu", name, m, np, dk);
                 expect_region(what, got, want, m, np * NSA_PANEL, lds, total, 2e-6 * (double)dk,
                               1e-5);
                 free(q);
                 free(kp);
+                free(kp16);
                 free(got);
                 free(want);
             }
 }
 
-static void check_pv(nsa_pv_ukernel *fn, const char *name)
+/* pv with fp32 values (fn) or bf16 values (fn16), against its reference. */
+static void check_pv(nsa_pv_ukernel *fn, nsa_pv_bf16_ukernel *fn16, const char *name)
 {
-    static const size_t ms[] = {1, 3, 4, 5, 8, 9, 16, 17};
+    static const size_t ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31};
     static const size_t nks[] = {1, 2, 7, 16, 64, 65, 300};
     static const size_t dvs[] = {1, 3, 8, 12, 15, 16, 17, 31, 32, 33, 48, 128, 130};
     for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
@@ -151,20 +175,28 @@ static void check_pv(nsa_pv_ukernel *fn, const char *name)
                 const size_t m = ms[a], nk = nks[b], dv = dvs[c];
                 const size_t ldp = nk + 2, ldv = dv + 5, ldacc = dv + 4, total = (m + 1) * ldacc;
                 float *p = random_floats((m - 1) * ldp + nk, 0, 1);
-                float *v = random_floats((nk - 1) * ldv + dv, -1, 1); /* exact: ASan sees over-reads */
+                /* exact sizes: ASan sees over-reads */
+                float *v = fn != NULL ? random_floats((nk - 1) * ldv + dv, -1, 1) : NULL;
+                uint16_t *v16 = fn16 != NULL ? random_bf16((nk - 1) * ldv + dv, -1, 1) : NULL;
                 float *got = random_floats(total, -1, 1);
                 for (size_t r = 0; r <= m; r++) /* sentinels right of each row and below */
                     for (size_t col = 0; col < ldacc; col++)
                         if (col >= dv || r == m)
                             got[r * ldacc + col] = SENTINEL;
                 float *want = copy_floats(got, total);
-                fn(m, nk, dv, p, ldp, v, ldv, got, ldacc);
-                nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc);
+                if (fn != NULL) {
+                    fn(m, nk, dv, p, ldp, v, ldv, got, ldacc);
+                    nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc);
+                } else {
+                    fn16(m, nk, dv, p, ldp, v16, ldv, got, ldacc);
+                    nsa_bf16_pv_ukernel__ref(m, nk, dv, p, ldp, v16, ldv, want, ldacc);
+                }
                 char what[128];
                 snprintf(what, sizeof what, "%s m=%zu nk=%zu dv=%zu", name, m, nk, dv);
                 expect_region(what, got, want, m, dv, ldacc, total, 2e-6 * (double)nk, 1e-5);
                 free(p);
                 free(v);
+                free(v16);
                 free(got);
                 free(want);
             }
@@ -281,29 +313,6 @@ static void check_pool(nsa_pool_ukernel *fn, const char *name)
             free(got);
             free(want);
         }
-}
-
-static void check_cvt_bf16(nsa_cvt_bf16_ukernel *fn, const char *name)
-{
-    static const size_t ns[] = {1, 7, 8, 15, 16, 17, 33, 1000};
-    for (size_t a = 0; a < sizeof ns / sizeof *ns; a++) {
-        const size_t n = ns[a], total = n + 5;
-        uint16_t *src = malloc(n * sizeof *src); /* exact: ASan sees over-reads */
-        assert_non_null(src);
-        for (size_t i = 0; i < n; i++) /* every pattern, NaN and infinity included */
-            src[i] = (uint16_t)(uniform(0, 65535.99f));
-        float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
-        fill_sentinel(got, total);
-        fill_sentinel(want, total);
-        fn(n, src, got);
-        nsa_bf16_cvt_ukernel__ref(n, src, want);
-        for (size_t i = 0; i < total; i++)
-            if (memcmp(got + i, want + i, sizeof(float)) != 0)
-                fail_msg("%s n=%zu: element %zu differs in its bits", name, n, i);
-        free(src);
-        free(got);
-        free(want);
-    }
 }
 
 /* Row limits of the backward cases: full, partial, empty, out of range. */
@@ -443,12 +452,13 @@ static void test_registry_entry(void **state)
         skip();
     }
     switch (e->kind) {
-    case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, e->name); break;
-    case SLOT_pv: check_pv((nsa_pv_ukernel *)e->fn, e->name); break;
+    case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, NULL, e->name); break;
+    case SLOT_pv: check_pv((nsa_pv_ukernel *)e->fn, NULL, e->name); break;
+    case SLOT_qk_bf16: check_qk(NULL, (nsa_qk_bf16_ukernel *)e->fn, e->name); break;
+    case SLOT_pv_bf16: check_pv(NULL, (nsa_pv_bf16_ukernel *)e->fn, e->name); break;
     case SLOT_softmax: check_softmax((nsa_softmax_ukernel *)e->fn, e->name); break;
     case SLOT_gate_mix: check_gate_mix((nsa_gate_mix_ukernel *)e->fn, e->name); break;
     case SLOT_pool: check_pool((nsa_pool_ukernel *)e->fn, e->name); break;
-    case SLOT_cvt_bf16: check_cvt_bf16((nsa_cvt_bf16_ukernel *)e->fn, e->name); break;
     case SLOT_grad_prob: check_grad_prob((nsa_grad_prob_ukernel *)e->fn, e->name); break;
     case SLOT_grad_score: check_grad_score((nsa_grad_score_ukernel *)e->fn, e->name); break;
     case SLOT_grad_score_t:

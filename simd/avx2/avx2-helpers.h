@@ -8,6 +8,7 @@
 #define NSA_AVX2_HELPERS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <immintrin.h>
 
@@ -55,6 +56,27 @@ static inline __m256i nsa_avx2_mask_first(size_t n)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane);
+}
+
+/* 8 bf16 values widened exactly to fp32: zero-extend each to 32 bits and
+ * shift it into the upper half. */
+static inline __m256 nsa_avx2_load_bf16(const uint16_t *x)
+{
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+/* The first n bf16 values at x (0 <= n <= 8) widened in the low lanes, 0 in
+ * the others; nothing past x[n - 1] is read (AVX2 has no 16-bit masked
+ * load, so a partial vector goes through a zeroed buffer). */
+static inline __m256 nsa_avx2_load_bf16_first(const uint16_t *x, size_t n)
+{
+    if (n >= 8)
+        return nsa_avx2_load_bf16(x);
+    uint16_t part[8] = {0};
+    for (size_t i = 0; i < n; i++)
+        part[i] = x[i];
+    return nsa_avx2_load_bf16(part);
 }
 
 #endif /* NSA_AVX2_HELPERS_H */

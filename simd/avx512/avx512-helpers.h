@@ -8,6 +8,7 @@
 #define NSA_AVX512_HELPERS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <immintrin.h>
 
@@ -30,6 +31,14 @@ static inline __m512 nsa_avx512_exp_ps(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.999997072e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+
+/* 16 bf16 values (under mask: the rest read as 0, not read at all) widened
+ * exactly to fp32: zero-extend to 32 bits and shift into the upper half. */
+static inline __m512 nsa_avx512_load_bf16(__mmask16 mask, const uint16_t *x)
+{
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, x));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 
 /* A mask selecting the first n lanes, 0 <= n <= 16. */

@@ -15,6 +15,7 @@
 #define NSA_NEON_HELPERS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <arm_neon.h>
 
@@ -86,6 +87,35 @@ static inline void nsa_neon_store_first(float *p, float32x4_t v, size_t n)
         vst1q_lane_f32(p + 1, v, 1);
     if (n >= 3)
         vst1q_lane_f32(p + 2, v, 2);
+}
+
+/* bf16 widened exactly to fp32: SHLL #16 zero-extends each 16-bit lane to
+ * 32 bits and shifts it into the upper half, in one instruction. The low
+ * and the high 4 of 8 bf16 values: */
+static inline float32x4_t nsa_neon_bf16_low(uint16x8_t x)
+{
+    return vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(x), 16));
+}
+
+static inline float32x4_t nsa_neon_bf16_high(uint16x8_t x)
+{
+    return vreinterpretq_f32_u32(vshll_high_n_u16(x, 16));
+}
+
+/* The first n bf16 values at p (0 <= n <= 4) widened in the low lanes, 0 in
+ * the others; nothing past p[n - 1] is read. */
+static inline float32x4_t nsa_neon_load_bf16_first(const uint16_t *p, size_t n)
+{
+    if (n >= 4)
+        return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+    uint16x4_t x = vdup_n_u16(0);
+    if (n >= 1)
+        x = vld1_lane_u16(p, x, 0);
+    if (n >= 2)
+        x = vld1_lane_u16(p + 1, x, 1);
+    if (n >= 3)
+        x = vld1_lane_u16(p + 2, x, 2);
+    return vreinterpretq_f32_u32(vshll_n_u16(x, 16));
 }
 
 #endif /* NSA_NEON_HELPERS_H */
