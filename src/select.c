@@ -101,8 +101,10 @@ static int ranks_above(nsa_ranked a, nsa_ranked b)
 }
 
 /* Puts c into best[0 .. have) (rank order, at most want kept). */
-static int32_t insert(nsa_ranked *best, int32_t have, int32_t want, nsa_ranked c)
+static inline int32_t insert(nsa_ranked *best, int32_t have, int32_t want, nsa_ranked c)
 {
+    if (have == want && (want == 0 || !ranks_above(c, best[want - 1])))
+        return have; /* the common case once the list is full */
     int32_t pos = have < want ? have++ : want;
     for (; pos > 0 && ranks_above(c, best[pos - 1]); pos--)
         if (pos < want)
