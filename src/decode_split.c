@@ -99,7 +99,6 @@ static int64_t ceil_div(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-
 /* Worker scratch: a chunk of scores, row limits and the head sum's row
  * weights. */
 typedef struct worker_scratch {
