@@ -58,6 +58,8 @@ static decode_case cases[] = { /* not const: cmocka passes each as mutable state
      {1125}, 1, NSA_DTYPE_F32},
     {"weighted-g2-many-units-chunks", 4, 2, 8, 16, 12, 4, 16, 5, 0, 1, 24,
      NSA_COMPRESS_WEIGHTED, 1, {1030, 700}, {1060, 720}, 4, NSA_DTYPE_F32},
+    {"mean-g16-many-units-bf16", 16, 1, 16, 24, 8, 4, 16, 6, 1, 2, 32, NSA_COMPRESS_MEAN, 0,
+     {1100}, {1115}, 1, NSA_DTYPE_BF16},
 };
 
 enum { MAX_SEQS = 3 };
