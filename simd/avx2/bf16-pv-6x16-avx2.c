@@ -15,6 +15,7 @@
  * written.
  */
 #include "avx2-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 static inline __attribute__((always_inline)) void
@@ -68,19 +69,9 @@ void nsa_bf16_pv_ukernel_6x16__avx2(size_t m, size_t nk, size_t dv, const float 
     for (; col + 16 <= dv; col += 16) {
         const uint16_t *vc = v + col;
         float *ac = acc + col;
-        size_t r = 0;
-        for (; r + 6 <= m; r += 6)
-            pv_rows(6, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
-        if (r + 4 <= m) {
-            pv_rows(4, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
-            r += 4;
-        }
-        if (r + 2 <= m) {
-            pv_rows(2, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
-            r += 2;
-        }
-        if (r < m)
-            pv_rows(1, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
+#define TILE(rows, r) pv_rows(rows, nk, p + (r) * ldp, ldp, vc, ldv, ac + (r) * ldacc, ldacc)
+        NSA_ROW_TILES(m, 6, TILE);
+#undef TILE
     }
     for (; col < dv; col += 8) {
         const size_t cols = dv - col < 8 ? dv - col : 8;

@@ -16,6 +16,7 @@
  * of threads.
  */
 #include "avx2-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 static inline __attribute__((always_inline)) void
@@ -50,18 +51,8 @@ void nsa_bf16_qk_ukernel_6x16__avx2(size_t m, size_t np, size_t dk, float scale,
     for (size_t p = 0; p < np; p++) {
         const uint16_t *panel = kp + p * dk * NSA_PANEL;
         float *sp = s + p * NSA_PANEL;
-        size_t r = 0;
-        for (; r + 6 <= m; r += 6)
-            qk_rows(6, dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds);
-        if (r + 4 <= m) {
-            qk_rows(4, dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds);
-            r += 4;
-        }
-        if (r + 2 <= m) {
-            qk_rows(2, dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds);
-            r += 2;
-        }
-        if (r < m)
-            qk_rows(1, dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds);
+#define TILE(rows, r) qk_rows(rows, dk, vscale, q + (r) * ldq, ldq, panel, sp + (r) * lds, lds)
+        NSA_ROW_TILES(m, 6, TILE);
+#undef TILE
     }
 }

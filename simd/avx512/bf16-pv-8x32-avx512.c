@@ -11,6 +11,7 @@
  * [0, dv) of a V or acc row is touched.
  */
 #include "avx512-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* rows x (16 or 32) columns: `halves` vectors of 16, the last under mask. */
@@ -50,19 +51,10 @@ static inline __attribute__((always_inline)) void
 pv_columns(const int halves, __mmask16 mask, size_t m, size_t nk, const float *p, size_t ldp,
            const uint16_t *v, size_t ldv, float *acc, size_t ldacc)
 {
-    size_t r = 0;
-    for (; r + 8 <= m; r += 8)
-        pv_tile(8, halves, mask, nk, p + r * ldp, ldp, v, ldv, acc + r * ldacc, ldacc);
-    if (r + 4 <= m) {
-        pv_tile(4, halves, mask, nk, p + r * ldp, ldp, v, ldv, acc + r * ldacc, ldacc);
-        r += 4;
-    }
-    if (r + 2 <= m) {
-        pv_tile(2, halves, mask, nk, p + r * ldp, ldp, v, ldv, acc + r * ldacc, ldacc);
-        r += 2;
-    }
-    if (r < m)
-        pv_tile(1, halves, mask, nk, p + r * ldp, ldp, v, ldv, acc + r * ldacc, ldacc);
+#define TILE(rows, r)                                                                   \
+    pv_tile(rows, halves, mask, nk, p + (r) * ldp, ldp, v, ldv, acc + (r) * ldacc, ldacc)
+    NSA_ROW_TILES(m, 8, TILE);
+#undef TILE
 }
 
 void nsa_bf16_pv_ukernel_8x32__avx512(size_t m, size_t nk, size_t dv, const float *p,

@@ -12,6 +12,7 @@
  * independent of threads.
  */
 #include "avx512-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* rows x (panels x 16) scores, panels 1 or 2. */
@@ -49,19 +50,10 @@ static inline __attribute__((always_inline)) void
 qk_panels(const int panels, size_t m, size_t dk, __m512 scale, const float *q, size_t ldq,
           const uint16_t *panel, float *s, size_t lds)
 {
-    size_t r = 0;
-    for (; r + 8 <= m; r += 8)
-        qk_tile(8, panels, dk, scale, q + r * ldq, ldq, panel, s + r * lds, lds);
-    if (r + 4 <= m) {
-        qk_tile(4, panels, dk, scale, q + r * ldq, ldq, panel, s + r * lds, lds);
-        r += 4;
-    }
-    if (r + 2 <= m) {
-        qk_tile(2, panels, dk, scale, q + r * ldq, ldq, panel, s + r * lds, lds);
-        r += 2;
-    }
-    if (r < m)
-        qk_tile(1, panels, dk, scale, q + r * ldq, ldq, panel, s + r * lds, lds);
+#define TILE(rows, r)                                                                   \
+    qk_tile(rows, panels, dk, scale, q + (r) * ldq, ldq, panel, s + (r) * lds, lds)
+    NSA_ROW_TILES(m, 8, TILE);
+#undef TILE
 }
 
 void nsa_bf16_qk_ukernel_8x32__avx512(size_t m, size_t np, size_t dk, float scale,

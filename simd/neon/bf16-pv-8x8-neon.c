@@ -17,6 +17,7 @@
  * or written.
  */
 #include "neon-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* One V row of 8 values (at `row`), widened once, into the accumulators lo
@@ -95,19 +96,9 @@ void nsa_bf16_pv_ukernel_8x8__neon(size_t m, size_t nk, size_t dv, const float *
     for (; col + 8 <= dv; col += 8) {
         const uint16_t *vc = v + col;
         float *ac = acc + col;
-        size_t r = 0;
-        for (; r + 8 <= m; r += 8)
-            pv_rows(8, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
-        if (r + 4 <= m) {
-            pv_rows(4, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
-            r += 4;
-        }
-        if (r + 2 <= m) {
-            pv_rows(2, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
-            r += 2;
-        }
-        if (r < m)
-            pv_rows(1, nk, p + r * ldp, ldp, vc, ldv, ac + r * ldacc, ldacc);
+#define TILE(rows, r) pv_rows(rows, nk, p + (r) * ldp, ldp, vc, ldv, ac + (r) * ldacc, ldacc)
+        NSA_ROW_TILES(m, 8, TILE);
+#undef TILE
     }
     for (; col < dv; col += 4) {
         const size_t cols = dv - col < 4 ? dv - col : 4;

@@ -17,6 +17,7 @@
  * Accumulation order is fixed (channel 0 first), independent of threads.
  */
 #include "neon-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* One channel of 8 keys (at `channel`), widened once, into the accumulators
@@ -79,19 +80,9 @@ void nsa_bf16_qk_ukernel_8x8__neon(size_t m, size_t np, size_t dk, float scale, 
         for (size_t h = 0; h < NSA_PANEL; h += 8) {
             const uint16_t *keys = kp + p * dk * NSA_PANEL + h;
             float *sp = s + p * NSA_PANEL + h;
-            size_t r = 0;
-            for (; r + 8 <= m; r += 8)
-                qk_rows(8, dk, vscale, q + r * ldq, ldq, keys, sp + r * lds, lds);
-            if (r + 4 <= m) {
-                qk_rows(4, dk, vscale, q + r * ldq, ldq, keys, sp + r * lds, lds);
-                r += 4;
-            }
-            if (r + 2 <= m) {
-                qk_rows(2, dk, vscale, q + r * ldq, ldq, keys, sp + r * lds, lds);
-                r += 2;
-            }
-            if (r < m)
-                qk_rows(1, dk, vscale, q + r * ldq, ldq, keys, sp + r * lds, lds);
+#define TILE(rows, r) qk_rows(rows, dk, vscale, q + (r) * ldq, ldq, keys, sp + (r) * lds, lds)
+            NSA_ROW_TILES(m, 8, TILE);
+#undef TILE
         }
     }
 }
