@@ -105,12 +105,10 @@ static inline int32_t insert(nsa_ranked *best, int32_t have, int32_t want, nsa_r
 {
     if (have == want && (want == 0 || !ranks_above(c, best[want - 1])))
         return have; /* the common case once the list is full */
-    int32_t pos = have < want ? have++ : want;
+    int32_t pos = have < want ? have++ : want - 1; /* a full list drops its last */
     for (; pos > 0 && ranks_above(c, best[pos - 1]); pos--)
-        if (pos < want)
-            best[pos] = best[pos - 1];
-    if (pos < want)
-        best[pos] = c;
+        best[pos] = best[pos - 1];
+    best[pos] = c;
     return have;
 }
 
@@ -135,14 +133,10 @@ int32_t nsa_forced_blocks(const nsa_config *cfg, int64_t num_candidates, int64_t
                           int32_t *selected)
 {
     const int64_t target = num_candidates < cfg->sel_count ? num_candidates : cfg->sel_count;
-    const int64_t init_end = cfg->sel_init < num_candidates ? cfg->sel_init : num_candidates;
-    int64_t local = query_block - cfg->sel_local + 1;
-    local = local > init_end ? local : init_end;
     int32_t count = 0;
-    for (int64_t j = 0; j < init_end && count < target; j++)
-        selected[count++] = (int32_t)j;
-    for (int64_t j = local; j <= query_block && j < num_candidates && count < target; j++)
-        selected[count++] = (int32_t)j;
+    for (int64_t j = 0; j < num_candidates && count < target; j++)
+        if (is_forced(cfg, j, query_block))
+            selected[count++] = (int32_t)j;
     return count;
 }
 
