@@ -45,13 +45,12 @@ typedef struct buffers {
 typedef void generic_fn(void);
 
 /* How one slot is benchmarked: one call on the buffers, the output of a
- * call, the work of a call (FLOPs, or bytes for a conversion), its shape
+ * call, the work of a call (FLOPs, nominal for the non-GEMM slots), its shape
  * and its reference kernel. */
 typedef struct slot_bench {
     const char *slot;
     const char *shape;
     double work;
-    const char *unit; /* "GFLOP/s" or "GB/s" */
     void (*call)(generic_fn *f, buffers *b);
     size_t (*output)(const buffers *b, float *out); /* floats written */
     generic_fn *ref;
@@ -119,19 +118,19 @@ static size_t out_pool(const buffers *b, float *out) { return copy_out(out, b->y
  * (max, subtract, exp, sum) + 1 per accumulator element rescaled;
  * gate_mix 5 per output (3 multiplies, 2 adds); pool 2 per multiply-add. */
 static const slot_bench slots[] = {
-    {"qk", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, "GFLOP/s", call_qk, out_qk,
+    {"qk", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, call_qk, out_qk,
      REF(nsa_f32_qk_ukernel__ref)},
-    {"pv", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, "GFLOP/s", call_pv, out_pv,
+    {"pv", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, call_pv, out_pv,
      REF(nsa_f32_pv_ukernel__ref)},
-    {"softmax", "m=16 nk=64 dv=128", 4.0 * M * NK + (double)M * DV, "GFLOP/s", call_softmax,
+    {"softmax", "m=16 nk=64 dv=128", 4.0 * M * NK + (double)M * DV, call_softmax,
      out_softmax, REF(nsa_f32_softmax_ukernel__ref)},
-    {"gate_mix", "m=16 dv=128", 5.0 * M * DV, "GFLOP/s", call_gate_mix, out_gate_mix,
+    {"gate_mix", "m=16 dv=128", 5.0 * M * DV, call_gate_mix, out_gate_mix,
      REF(nsa_f32_gate_mix_ukernel__ref)},
-    {"pool", "l=32 dim=128", 2.0 * POOL_L * DV, "GFLOP/s", call_pool, out_pool,
+    {"pool", "l=32 dim=128", 2.0 * POOL_L * DV, call_pool, out_pool,
      REF(nsa_f32_pool_ukernel__ref)},
-    {"qk_bf16", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, "GFLOP/s", call_qk_bf16,
+    {"qk_bf16", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, call_qk_bf16,
      out_qk, REF(nsa_bf16_qk_ukernel__ref)},
-    {"pv_bf16", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, "GFLOP/s", call_pv_bf16, out_pv,
+    {"pv_bf16", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, call_pv_bf16, out_pv,
      REF(nsa_bf16_pv_ukernel__ref)},
 };
 #undef REF
@@ -269,11 +268,10 @@ static int selected(const kernel_entry *k, const bench_options *opt)
 static void report(FILE *f, const bench_options *opt, const slot_bench *sb, const char *name,
                    nsa_isa isa, double ns, double ref_ns, double diff, double peak)
 {
-    const double rate = sb->work / ns; /* GFLOP/s or GB/s */
-    const int flops = strcmp(sb->unit, "GFLOP/s") == 0;
+    const double rate = sb->work / ns; /* GFLOP/s */
     fprintf(f, "%-9s %-34s %-7s %-27s %9.1f %8.2f %-7s", sb->slot, name, nsa_isa_name(isa),
-            sb->shape, ns, rate, sb->unit);
-    if (flops && peak > 0)
+            sb->shape, ns, rate, "GFLOP/s");
+    if (peak > 0)
         fprintf(f, " %6.1f%%", 100.0 * rate / peak);
     else
         fprintf(f, " %7s", "-");
@@ -282,8 +280,8 @@ static void report(FILE *f, const bench_options *opt, const slot_bench *sb, cons
         printf("{\"slot\":\"%s\",\"kernel\":\"%s\",\"isa\":\"%s\",\"shape\":\"%s\","
                "\"ns_per_call\":%.2f,\"rate\":%.3f,\"unit\":\"%s\",\"peak_gflops\":%.2f,"
                "\"pct_peak\":%.2f,\"speedup_vs_ref\":%.3f,\"max_diff_vs_ref\":%.3g}\n",
-               sb->slot, name, nsa_isa_name(isa), sb->shape, ns, rate, sb->unit, peak,
-               flops && peak > 0 ? 100.0 * rate / peak : 0.0, ref_ns / ns, diff);
+               sb->slot, name, nsa_isa_name(isa), sb->shape, ns, rate, "GFLOP/s", peak,
+               peak > 0 ? 100.0 * rate / peak : 0.0, ref_ns / ns, diff);
         fflush(stdout);
     }
 }
