@@ -237,7 +237,7 @@ static void prefetch_block(const nsa_plan *plan, const nsa_keys *keys, int64_t b
     const int64_t count = first + cfg->sel_block <= keys->count ? cfg->sel_block
                                                                  : keys->count - first;
     if (count <= 0 || keys->kp == NULL)
-        return; /* bf16 keys are converted chunk by chunk; let them stream */
+        return; /* fp32 keys only: the bf16 cache is left to the hardware prefetcher */
     const char *k = (const char *)(keys->kp + (size_t)(first - first % NSA_PANEL) *
                                                   (size_t)cfg->head_dim_qk);
     const size_t k_bytes = (size_t)(count + NSA_PANEL) * (size_t)cfg->head_dim_qk * sizeof(float);
