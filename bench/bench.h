@@ -16,6 +16,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "cpu_features.h"
 #include "nsa.h"
 
 /* ------------------------------------------------------------------------ */
@@ -125,8 +126,8 @@ typedef struct bench_machine {
     int cores, pus; /* physical cores, hardware threads */
     uint64_t l1d, l2, l3; /* bytes per instance */
     int l3_count;
-    int isa_supported[4];   /* indexed by nsa_isa: the host runs it */
-    double peak_gflops[4];  /* FMA peak per ISA on the run's threads; 0 = not measured */
+    int isa_supported[NSA_ISA_LAST + 1];   /* indexed by nsa_isa: the host runs it */
+    double peak_gflops[NSA_ISA_LAST + 1];  /* FMA peak per ISA on the run's threads; 0 = not measured */
     int peak_threads;
     double bandwidth_gbs;   /* streaming read, all the run's threads; 0 = not measured */
     uint64_t bandwidth_bytes;

@@ -197,7 +197,7 @@ void bench_measure_machine(const bench_options *opt, int threads, bench_machine 
         return;
     if (isatty(STDERR_FILENO))
         fprintf(stderr, "nsa-bench: measuring the FMA peak and the read bandwidth...\n");
-    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_NEON; isa++)
+    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_LAST; isa++)
         if (machine->isa_supported[isa])
             machine->peak_gflops[isa] = bench_fma_peak((nsa_isa)isa, threads, 3);
     uint64_t bytes = (uint64_t)opt->bw_mib << 20;

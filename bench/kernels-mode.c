@@ -308,8 +308,8 @@ int bench_kernels_mode(const bench_options *opt)
                "load average %.2f\n",
             nsa_version(), machine.cpu, opt->median ? "median" : "best", (int)opt->repeats,
             bench_loadavg());
-    double peak[NSA_ISA_NEON + 1] = {0};
-    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_NEON; isa++)
+    double peak[NSA_ISA_LAST + 1] = {0};
+    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_LAST; isa++)
         if (machine.isa_supported[isa] && (opt->max_isa < 0 || isa <= opt->max_isa)) {
             peak[isa] = bench_fma_peak((nsa_isa)isa, 1, 3);
             if (peak[isa] > 0)

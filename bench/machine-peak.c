@@ -23,7 +23,7 @@ void bench_machine_describe(bench_machine *m)
 {
     *m = (bench_machine){.cores = 1, .pus = 1};
     snprintf(m->cpu, sizeof m->cpu, "unknown CPU");
-    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_NEON; isa++)
+    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_LAST; isa++)
         m->isa_supported[isa] = nsa_host_supports((nsa_isa)isa);
     hwloc_topology_t t = bench_topology();
     if (t == NULL)
@@ -63,6 +63,7 @@ const char *bench_peak_label(nsa_isa isa)
 {
     switch (isa) {
     case NSA_ISA_AVX512: return "avx512 FMA, 16 lanes";
+    case NSA_ISA_AMX: return "avx512 FMA, 16 lanes (fp32; the bf16 tiles are not counted)";
     case NSA_ISA_AVX2: return "avx2 FMA, 8 lanes";
 #if defined(__aarch64__)
     case NSA_ISA_NEON: return "neon FMA, 4 lanes";
@@ -84,6 +85,7 @@ static loop_fn *loop_for(nsa_isa isa)
     switch (isa) {
 #if defined(NSA_HAVE_AVX512)
     case NSA_ISA_AVX512: return bench_fma_loop_avx512;
+    case NSA_ISA_AMX: return bench_fma_loop_avx512;
 #endif
 #if defined(NSA_HAVE_AVX2)
     case NSA_ISA_AVX2: return bench_fma_loop_avx2;

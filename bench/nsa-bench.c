@@ -35,7 +35,7 @@ static void usage(FILE *to)
             "  --seed S            seed of the random inputs (1)\n"
             "machine:\n"
             "  --threads T         threads of every method (default: one per core)\n"
-            "  --isa X             cap the library's kernels: ref, avx2, avx512, neon\n"
+            "  --isa X             cap the library's kernels: ref, avx2, avx512, amx, neon\n"
             "timing:\n"
             "  --repeats R         timed runs after one warm-up (3; kernels: 5)\n"
             "  --median            report the median of the runs (default: the best)\n"
@@ -75,12 +75,12 @@ static int parse_int(const char *name, const char *text, int64_t lo, int64_t hi,
 
 static int parse_isa(const char *text, int32_t *isa)
 {
-    for (int i = NSA_ISA_REF; i <= NSA_ISA_NEON; i++)
+    for (int i = NSA_ISA_REF; i <= NSA_ISA_LAST; i++)
         if (strcmp(text, nsa_isa_name((nsa_isa)i)) == 0) {
             *isa = i;
             return 0;
         }
-    fprintf(stderr, "nsa-bench: --isa wants ref, avx2, avx512 or neon, not '%s'\n", text);
+    fprintf(stderr, "nsa-bench: --isa wants ref, avx2, avx512, amx or neon, not '%s'\n", text);
     return -1;
 }
 

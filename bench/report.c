@@ -47,7 +47,7 @@ void bench_report_header(const bench_run_info *info)
     print_size(f, ", L2", m->l2);
     print_size(f, ", L3", m->l3);
     fprintf(f, " x %d; ISAs run:", m->l3_count);
-    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_NEON; isa++)
+    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_LAST; isa++)
         if (m->isa_supported[isa])
             fprintf(f, " %s", nsa_isa_name((nsa_isa)isa));
     fprintf(f, "\n");
@@ -65,7 +65,7 @@ void bench_report_header(const bench_run_info *info)
         fprintf(f, "peak: %.1f GFLOP/s (%s, %d threads)", info->peak_gflops,
                 bench_peak_label(info->isa), m->peak_threads);
         const char *sep = "; other ISAs:";
-        for (int isa = NSA_ISA_REF; isa <= NSA_ISA_NEON; isa++)
+        for (int isa = NSA_ISA_REF; isa <= NSA_ISA_LAST; isa++)
             if (isa != (int)info->isa && m->peak_gflops[isa] > 0) {
                 fprintf(f, "%s %s %.1f", sep, nsa_isa_name((nsa_isa)isa), m->peak_gflops[isa]);
                 sep = ",";

@@ -100,17 +100,21 @@ NSA_API const char *nsa_version(void);
  * Opaque. */
 typedef struct nsa_context nsa_context;
 
-/* Instruction sets of the kernels. On x86-64, ref < avx2 < avx512; on
+/* Instruction sets of the kernels. On x86-64, ref < avx2 < avx512 < amx; on
  * aarch64, ref < neon. The library picks the best one the CPU and OS support
  * at run time (CPUID + XGETBV on x86-64, getauxval on aarch64). */
 typedef enum nsa_isa {
     NSA_ISA_REF = 0,    /* portable C */
     NSA_ISA_AVX2 = 1,   /* AVX2 + FMA */
     NSA_ISA_AVX512 = 2, /* AVX-512 F/BW/DQ/VL */
-    NSA_ISA_NEON = 3    /* Advanced SIMD (aarch64) */
+    NSA_ISA_NEON = 3,   /* Advanced SIMD (aarch64) */
+    NSA_ISA_AMX = 4     /* avx512 plus AMX-BF16 tiles and AVX512-BF16: bf16 KV
+                         * caches are read with tile products (fp32 results,
+                         * see README); each such kernel call configures the
+                         * tiles and releases them before it returns */
 } nsa_isa;
 
-/* "ref", "avx2", "avx512", "neon"; "unknown" otherwise. */
+/* "ref", "avx2", "avx512", "neon", "amx"; "unknown" otherwise. */
 NSA_API const char *nsa_isa_name(nsa_isa isa);
 
 typedef struct nsa_context_options {
@@ -125,7 +129,7 @@ typedef struct nsa_context_options {
      * 0 = leave placement to the OS. */
     int32_t bind_threads;
     /* The highest instruction set the kernels may use: an nsa_isa value, or
-     * -1 = the NSA_MAX_ISA environment variable (ref, avx2, avx512 or neon)
+     * -1 = the NSA_MAX_ISA environment variable (ref, avx2, avx512, amx or neon)
      * if set, else no cap. Capped to what the CPU supports. */
     int32_t max_isa;
     /* 1 = print one line per decision (kernel choice, thread count) to

@@ -50,7 +50,7 @@ static int choose_isa(int32_t max_isa)
 {
     if (max_isa < 0) {
         const char *text = getenv("NSA_MAX_ISA");
-        max_isa = text != NULL && *text != '\0' ? nsa_isa_parse(text) : NSA_ISA_NEON;
+        max_isa = text != NULL && *text != '\0' ? nsa_isa_parse(text) : NSA_ISA_LAST;
         if (max_isa < 0)
             return -1;
     }
@@ -78,7 +78,7 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     if (opts == NULL)
         opts = &defaults;
     if (opts->num_threads < 0 || (opts->bind_threads != 0 && opts->bind_threads != 1) ||
-        opts->max_isa < -1 || opts->max_isa > NSA_ISA_NEON || opts->spin_us < -1 ||
+        opts->max_isa < -1 || opts->max_isa > NSA_ISA_LAST || opts->spin_us < -1 ||
         opts->spin_us > NSA_MAX_SPIN_US)
         return NSA_ERROR_INVALID_ARGUMENT;
     int isa = choose_isa(opts->max_isa);

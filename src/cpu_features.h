@@ -13,7 +13,11 @@ nsa_isa nsa_host_isa(void);
 /* 1 if the host can run kernels of this ISA (and the build has them). */
 int nsa_host_supports(nsa_isa isa);
 
-/* Parses "ref", "avx2", "avx512", "neon"; returns -1 for anything else. */
+/* The highest nsa_isa value. */
+enum { NSA_ISA_LAST = NSA_ISA_AMX };
+
+/* Parses "ref", "avx2", "avx512", "neon", "amx"; returns -1 for anything
+ * else. */
 int nsa_isa_parse(const char *name);
 
 #endif /* NSA_CPU_FEATURES_H */

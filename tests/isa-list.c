@@ -10,7 +10,7 @@
 
 int main(void)
 {
-    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_NEON; isa++) {
+    for (int isa = NSA_ISA_REF; isa <= NSA_ISA_AMX; isa++) {
         nsa_context_options opts;
         nsa_context_options_init(&opts);
         opts.num_threads = 1;

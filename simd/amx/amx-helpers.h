@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * amx-helpers.h — what the AMX kernels share: the tile configuration, the
+ * exact split of fp32 values into three bf16 terms, and the pairing of rows
+ * into the layout a tile product's right operand wants. Static inline and
+ * included only by files compiled with the AMX flags.
+ *
+ * Why three terms: TDPBF16PS multiplies bf16 by bf16 and adds in fp32. The
+ * cache's keys and values are bf16 already; the queries and probabilities
+ * are fp32. Cut into hi + mid + lo (8 significant bits each) an fp32 value
+ * is represented exactly, every bf16 x bf16 product is exact in fp32, and
+ * the sums are fp32 sums: the arithmetic stays fp32, only its order differs
+ * from the FMA kernels. Three tile products still cost far fewer cycles than
+ * the FMAs they replace.
+ */
+#ifndef NSA_AMX_HELPERS_H
+#define NSA_AMX_HELPERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <immintrin.h>
+
+/* A tile: 16 rows of 64 bytes (32 bf16 or 16 fp32). */
+enum { NSA_AMX_ROWS = 16, NSA_AMX_BYTES = 64, NSA_AMX_DEPTH = 32 };
+
+/* Configures all eight tiles as full 16 x 64-byte tiles. Every kernel call
+ * loads the configuration and releases the tiles before it returns, so no
+ * tile state outlives a call (the caller's own AMX code, if any, is not
+ * disturbed across calls either way: it must configure its own tiles). */
+static inline void nsa_amx_begin(void)
+{
+    struct {
+        uint8_t palette, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.colsb[t] = NSA_AMX_BYTES;
+        config.rows[t] = NSA_AMX_ROWS;
+    }
+    _tile_loadconfig(&config);
+}
+
+static inline void nsa_amx_end(void)
+{
+    _tile_release();
+}
+
+/* x == hi + mid + lo exactly, for the 32 values of x0 and x1, each term
+ * stored as 32 bf16: hi and mid are x and its remainder truncated to bf16
+ * (the remainders are exact fp32 subtractions), lo what is left, at most 8
+ * significant bits. The terms are bf16 values already, so the conversion
+ * (round to nearest even) changes none of them. */
+static inline void nsa_amx_split3(__m512 x0, __m512 x1, uint16_t *hi, uint16_t *mid,
+                                  uint16_t *lo)
+{
+    const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
+    const __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), top));
+    const __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), top));
+    const __m512 r0 = _mm512_sub_ps(x0, h0), r1 = _mm512_sub_ps(x1, h1);
+    const __m512 m0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r0), top));
+    const __m512 m1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r1), top));
+    const __m512 l0 = _mm512_sub_ps(r0, m0), l1 = _mm512_sub_ps(r1, m1);
+    _mm512_storeu_si512(hi, (__m512i)_mm512_cvtne2ps_pbh(h1, h0));
+    _mm512_storeu_si512(mid, (__m512i)_mm512_cvtne2ps_pbh(m1, m0));
+    _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(l1, l0));
+}
+
+/* A mask selecting the first min(n, 16) lanes. */
+static inline __mmask16 nsa_amx_mask(size_t n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+/* Up to 16 values x[0 .. n) (n may exceed 16), zeros past n: no read past
+ * x + n. */
+static inline __m512 nsa_amx_load(const float *x, size_t n)
+{
+    return n > 0 ? _mm512_maskz_loadu_ps(nsa_amx_mask(n), x) : _mm512_setzero_ps();
+}
+
+/* The left tiles' rows: rows x cols values of x (row stride ldx) split into
+ * terms[t] (16 rows of ld words, ld a multiple of 32), zeros past rows and
+ * cols. */
+static inline void nsa_amx_split_rows(const float *x, size_t ldx, size_t rows, size_t cols,
+                                      size_t ld, uint16_t *const terms[3])
+{
+    for (size_t r = 0; r < NSA_AMX_ROWS; r++)
+        for (size_t c = 0; c < ld; c += NSA_AMX_DEPTH) {
+            const size_t left = r < rows && c < cols ? cols - c : 0;
+            const float *row = r < rows ? x + r * ldx + c : x;
+            const size_t at = r * ld + c;
+            const __m512 x0 = nsa_amx_load(row, left);
+            const __m512 x1 = left > 16 ? nsa_amx_load(row + 16, left - 16) : _mm512_setzero_ps();
+            nsa_amx_split3(x0, x1, terms[0] + at, terms[1] + at, terms[2] + at);
+        }
+}
+
+/* The word permutation that interleaves the two 16-word halves of a vector:
+ * (a0 b0 a1 b1 ... a15 b15) from (a0 .. a15 b0 .. b15), the pair layout of
+ * a tile product's right operand (row p holds rows 2p and 2p + 1 of the
+ * mathematical matrix, element by element). */
+static inline __m512i nsa_amx_pair_index(void)
+{
+    return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                            22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+}
+
+#endif /* NSA_AMX_HELPERS_H */
