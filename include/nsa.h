@@ -109,8 +109,8 @@ typedef enum nsa_isa {
     NSA_ISA_AVX512 = 2, /* AVX-512 F/BW/DQ/VL */
     NSA_ISA_NEON = 3,   /* Advanced SIMD (aarch64) */
     NSA_ISA_AMX = 4     /* avx512 plus AMX-BF16 tiles and AVX512-BF16: bf16 KV
-                         * caches are read with tile products (fp32 results,
-                         * see README); each such kernel call configures the
+                         * caches are read with tile products (see
+                         * nsa_dtype); each such kernel call configures the
                          * tiles and releases them before it returns */
 } nsa_isa;
 
@@ -455,7 +455,12 @@ NSA_API nsa_status nsa_dense_backward(const nsa_plan *plan, const nsa_batch *bat
 /* ------------------------------------------------------------------------ */
 
 /* Storage of a KV cache. Arithmetic is fp32 either way; bf16 halves the
- * bytes every decode step reads. */
+ * bytes every decode step reads. On CPUs with AMX (isa amx), bf16 caches
+ * are read with tile products on exact three-part bf16 splits of the
+ * queries and probabilities: every product is exact and every sum fp32, in
+ * another order than the other kernels. bf16 tokens are stored in pairs;
+ * a non-finite value stored in a cache can spread to the other token of
+ * its pair (it is multiplied by a zero probability). */
 typedef enum nsa_dtype {
     NSA_DTYPE_F32 = 0,
     NSA_DTYPE_BF16 = 1 /* rounded to nearest even when stored */

@@ -3,8 +3,9 @@
  * attend.c — tile attention from the three attention kernels. Spans start on
  * a panel boundary so qk always reads whole panels; the per-row limits turn
  * the columns outside a row's keys into zero probabilities, and pv only
- * runs over the columns some row uses, so it never reads a value row past
- * the end of the sequence.
+ * runs over the columns some row uses (from an even one for bf16 values,
+ * whose rows hold pairs), so it never reads a value row past the end of the
+ * sequence's storage.
  */
 #include <math.h>
 #include <string.h>
@@ -28,16 +29,16 @@ void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv
 static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                    int64_t first_panel, int64_t np, float *s, size_t lds)
 {
-    const size_t offset = (size_t)first_panel * rows->dk * NSA_PANEL;
     if (keys->kp != NULL)
-        uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk, keys->kp + offset,
-               s, lds);
+        uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
+               keys->kp + (size_t)first_panel * rows->dk * NSA_PANEL, s, lds);
     else
         uk->qk_bf16(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
-                    keys->kp16 + offset, s, lds);
+                    keys->kp16 + (size_t)first_panel * nsa_bf16_panel_words(rows->dk), s, lds);
 }
 
-/* acc += p[m][count] . V[key .. key + count) (count <= PV_STEP). */
+/* acc += p[m][count] . V[key .. key + count) (count <= PV_STEP; for bf16
+ * values key is even: their rows hold pairs). */
 static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                        int64_t key, int64_t count, const float *p, size_t ldp,
                        const nsa_softmax_state *state)
@@ -65,6 +66,8 @@ void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_key
     }
     if (used_hi < 0)
         return; /* no row takes any key here */
+    if (keys->v16 != NULL)
+        used_lo -= used_lo % 2; /* bf16 value rows start on even keys; s is 0 there */
     scores(uk, rows, keys, first_panel, np, s, lds);
     uk->softmax(rows->m, (size_t)(np * NSA_PANEL), lo, hi, s, lds, state->max, state->sum,
                 rows->dv, state->acc, state->ldacc);

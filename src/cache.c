@@ -46,22 +46,44 @@ static void store(void *base, nsa_dtype dtype, size_t index, float value)
         ((float *)base)[index] = value;
 }
 
+/* Elements of one key panel: [dim][16] floats, or bf16 in pairs of
+ * channels (ukernels.h). */
+static int64_t panel_size(nsa_dtype dtype, int64_t dim)
+{
+    return dtype == NSA_DTYPE_BF16 ? (int64_t)nsa_bf16_panel_words((size_t)dim)
+                                   : dim * NSA_PANEL;
+}
+
+/* Value rows kept per head for `rows` tokens: bf16 rows hold pairs of
+ * tokens (ukernels.h), so their count is rounded up to even. */
+static int64_t value_rows(nsa_dtype dtype, int64_t rows)
+{
+    return dtype == NSA_DTYPE_BF16 ? rows + rows % 2 : rows;
+}
+
 /* Key `pos` of head h (dim values) into the panel layout, value into rows. */
 static void store_panel_key(void *panels, nsa_dtype dtype, int64_t head_panels, int64_t dim,
                             int64_t h, int64_t pos, const float *key)
 {
-    const size_t base = (size_t)((h * head_panels + pos / NSA_PANEL) * dim * NSA_PANEL) +
-                        (size_t)(pos % NSA_PANEL);
-    for (int64_t c = 0; c < dim; c++)
-        store(panels, dtype, base + (size_t)(c * NSA_PANEL), key[c]);
+    const size_t head = (size_t)(h * head_panels * panel_size(dtype, dim));
+    for (int64_t c = 0; c < dim; c++) {
+        const size_t at = dtype == NSA_DTYPE_BF16
+                              ? nsa_bf16_key_at((size_t)dim, (size_t)pos, (size_t)c)
+                              : (size_t)((pos / NSA_PANEL * dim + c) * NSA_PANEL + pos % NSA_PANEL);
+        store(panels, dtype, head + at, key[c]);
+    }
 }
 
 static void store_row(void *rows, nsa_dtype dtype, int64_t head_rows, int64_t dim, int64_t h,
                       int64_t pos, const float *value)
 {
-    const size_t base = (size_t)((h * head_rows + pos) * dim);
-    for (int64_t c = 0; c < dim; c++)
-        store(rows, dtype, base + (size_t)c, value[c]);
+    const size_t head = (size_t)(h * value_rows(dtype, head_rows) * dim);
+    for (int64_t c = 0; c < dim; c++) {
+        const size_t at = dtype == NSA_DTYPE_BF16
+                              ? nsa_bf16_value_at((size_t)dim, (size_t)pos, (size_t)c)
+                              : (size_t)(pos * dim + c);
+        store(rows, dtype, head + at, value[c]);
+    }
 }
 
 nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed)
@@ -70,7 +92,8 @@ nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed)
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
     const int64_t panels = compressed ? cache->panels_compressed : cache->panels;
     const int64_t rows = compressed ? cache->capacity_compressed : cache->capacity;
-    const size_t k_off = (size_t)(h * panels * dk * NSA_PANEL), v_off = (size_t)(h * rows * dv);
+    const size_t k_off = (size_t)(h * panels * panel_size(cache->dtype, dk)),
+                 v_off = (size_t)(h * value_rows(cache->dtype, rows) * dv);
     const void *k = compressed ? cache->kc : cache->k, *v = compressed ? cache->vc : cache->v;
     nsa_keys keys = {.ldv = (size_t)dv,
                      .count = compressed ? nsa_num_compressed(cfg, cache->length) : cache->length};
@@ -131,10 +154,10 @@ nsa_status nsa_cache_create(const nsa_plan *plan, int64_t capacity, nsa_dtype dt
     const int64_t compressed = nsa_num_compressed(cfg, capacity);
     const int64_t panels_c = (compressed + NSA_PANEL - 1) / NSA_PANEL;
     int64_t k_count, v_count, kc_count, vc_count;
-    if (!nsa_checked_mul3(hkv, panels * NSA_PANEL, dk, &k_count) ||
-        !nsa_checked_mul3(hkv, capacity, dv, &v_count) ||
-        !nsa_checked_mul3(hkv, panels_c * NSA_PANEL, dk, &kc_count) ||
-        !nsa_checked_mul3(hkv, compressed, dv, &vc_count))
+    if (!nsa_checked_mul3(hkv, panels, panel_size(dtype, dk), &k_count) ||
+        !nsa_checked_mul3(hkv, value_rows(dtype, capacity), dv, &v_count) ||
+        !nsa_checked_mul3(hkv, panels_c, panel_size(dtype, dk), &kc_count) ||
+        !nsa_checked_mul3(hkv, value_rows(dtype, compressed), dv, &vc_count))
         return nsa_fail(ctx, NSA_ERROR_SIZE_OVERFLOW,
                         "a cache of %lld tokens x %lld heads is too large to address",
                         (long long)capacity, (long long)hkv);
@@ -178,12 +201,20 @@ nsa_status nsa_cache_reset(nsa_cache *cache)
 {
     if (cache == NULL)
         return NSA_ERROR_NULL_POINTER;
-    /* Stale panel slots past the new length must read as zero again. */
+    /* Stale panel slots past the new length must read as zero again, and so
+     * must stale bf16 values (the other token of a pair row is multiplied
+     * by zero, which only a finite value survives). */
     const nsa_config *cfg = &cache->plan.cfg;
-    const size_t size = dtype_size(cache->dtype);
-    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk;
-    memset(cache->k, 0, (size_t)(hkv * cache->panels * NSA_PANEL * dk) * size);
-    memset(cache->kc, 0, (size_t)(hkv * cache->panels_compressed * NSA_PANEL * dk) * size);
+    const nsa_dtype dtype = cache->dtype;
+    const size_t size = dtype_size(dtype);
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    memset(cache->k, 0, (size_t)(hkv * cache->panels * panel_size(dtype, dk)) * size);
+    memset(cache->kc, 0, (size_t)(hkv * cache->panels_compressed * panel_size(dtype, dk)) * size);
+    if (dtype == NSA_DTYPE_BF16) {
+        memset(cache->v, 0, (size_t)(hkv * value_rows(dtype, cache->capacity) * dv) * size);
+        memset(cache->vc, 0,
+               (size_t)(hkv * value_rows(dtype, cache->capacity_compressed) * dv) * size);
+    }
     cache->length = 0;
     return NSA_SUCCESS;
 }

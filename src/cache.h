@@ -6,9 +6,11 @@
  * Per KV head, keys are stored as panels of NSA_PANEL keys ([Dk][16], the
  * layout the qk kernel reads) and values as rows, both in the cache's dtype,
  * so a selected block of l' keys is l'/16 consecutive panels and l'
- * consecutive value rows: two sequential reads. Compressed keys and values
- * use the same layout. Unused panel slots stay zero, so whole panels are
- * always safe to read.
+ * consecutive value rows: two sequential reads. bf16 panels and rows hold
+ * pairs (two channels of a key side by side, two tokens per value row: the
+ * layout of ukernels.h), with the value rows per head rounded up to even.
+ * Compressed keys and values use the same layout. Unused panel slots stay
+ * zero, so whole panels are always safe to read.
  */
 #ifndef NSA_CACHE_H
 #define NSA_CACHE_H
@@ -22,7 +24,7 @@ struct nsa_cache {
     int64_t capacity, length;
     int64_t capacity_compressed; /* C(capacity) */
     int64_t panels, panels_compressed; /* per KV head */
-    void *k, *v;   /* [Hkv][panels][Dk][16], [Hkv][capacity][Dv] */
+    void *k, *v;   /* [Hkv][panels][Dk][16], [Hkv][capacity][Dv] (fp32) */
     void *kc, *vc; /* [Hkv][panels_compressed][Dk][16], [Hkv][capacity_compressed][Dv] */
     /* The last min(length, l - 1) raw tokens, fp32, [l - 1][Hkv][D]: the
      * start of any compression window an append has yet to complete. */

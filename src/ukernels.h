@@ -71,11 +71,41 @@ typedef void nsa_pool_ukernel(size_t l, size_t dim, const float *weight, const f
 
 /* qk and pv over keys and values stored as bf16 (a KV cache's storage;
  * bf16 is the upper half of an fp32, so widening is exact): the same
- * contracts with kp and v holding bf16, the arithmetic in fp32. */
+ * contracts, the arithmetic in fp32, with kp and v holding bf16 in pairs.
+ * Two channels of a key, or one channel of two keys, sit side by side: the
+ * layout AMX tile products read as they are, and one vector load of it
+ * widens into two vectors of fp32 with a shift and a mask.
+ * - Keys: a panel of NSA_PANEL keys is ceil(dk / 2) rows of 2 NSA_PANEL
+ *   words; word 2j + e of row i is channel 2i + e of key j (0 past dk).
+ *   Panels follow each other every nsa_bf16_panel_words(dk) words.
+ * - Values: two keys per row of 2 ldv words; word 2c + e of row i is
+ *   channel c of key 2i + e. v points at a row (an even key); when nk is
+ *   odd, the row of the last key is read whole (its other key is unused). */
 typedef void nsa_qk_bf16_ukernel(size_t m, size_t np, size_t dk, float scale, const float *q,
                                  size_t ldq, const uint16_t *kp, float *s, size_t lds);
 typedef void nsa_pv_bf16_ukernel(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
                                  const uint16_t *v, size_t ldv, float *acc, size_t ldacc);
+
+/* Words of one bf16 key panel. */
+static inline size_t nsa_bf16_panel_words(size_t dk)
+{
+    return (dk + 1) / 2 * 2 * NSA_PANEL;
+}
+
+/* Where channel c of key j sits among bf16 key panels (j counted from the
+ * first panel's first key). */
+static inline size_t nsa_bf16_key_at(size_t dk, size_t j, size_t c)
+{
+    return j / NSA_PANEL * nsa_bf16_panel_words(dk) + c / 2 * 2 * NSA_PANEL +
+           j % NSA_PANEL * 2 + c % 2;
+}
+
+/* Where channel c of key j sits among bf16 value rows of stride ldv (j
+ * counted from an even key). */
+static inline size_t nsa_bf16_value_at(size_t ldv, size_t j, size_t c)
+{
+    return j / 2 * 2 * ldv + 2 * c + j % 2;
+}
 
 /* The fp32 value of a bf16 one. */
 static inline float nsa_bf16_to_f32(uint16_t x)

@@ -60,6 +60,10 @@ static decode_case cases[] = { /* not const: cmocka passes each as mutable state
      NSA_COMPRESS_WEIGHTED, 1, {1030, 700}, {1060, 720}, 4, NSA_DTYPE_F32},
     {"mean-g16-many-units-bf16", 16, 1, 16, 24, 8, 4, 16, 6, 1, 2, 32, NSA_COMPRESS_MEAN, 0,
      {1100}, {1115}, 1, NSA_DTYPE_BF16},
+    /* odd dims: the padded channel of bf16 key pairs, a value pair whose
+     * second token is past the end */
+    {"weighted-g16-odd-dims-bf16", 16, 1, 17, 9, 16, 8, 32, 6, 1, 2, 40, NSA_COMPRESS_WEIGHTED,
+     1, {301}, {320}, 3, NSA_DTYPE_BF16},
 };
 
 enum { MAX_SEQS = 3 };
@@ -278,6 +282,42 @@ static void test_cache_errors(void **state)
     nsa_plan_destroy(plan);
 }
 
+/* A reset bf16 cache forgets its values: with an odd length, the last
+ * token's pair partner is a stale slot, and a NaN left there must not reach
+ * the outputs through a zero probability. */
+static void test_bf16_reset_forgets_values(void **state)
+{
+    (void)state;
+    tu_rng rng = tu_rng_for("bf16-reset");
+    nsa_config cfg;
+    nsa_config_init(&cfg, 16, 1, 32, 32);
+    const int64_t len = 40, kept = 21;
+    tu_problem p;
+    assert_int_equal(tu_problem_init(&p, &cfg, &len, 1, 0, 0, &rng), 0);
+    nsa_plan *plan;
+    nsa_cache *cache;
+    assert_int_equal(nsa_plan_create(tu_context(), &cfg, &plan), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_create(plan, len, NSA_DTYPE_BF16, &cache), NSA_SUCCESS);
+    float *poisoned = tu_xcalloc((size_t)(len * 32), sizeof(float));
+    for (size_t i = 0; i < (size_t)(len * 32); i++)
+        poisoned[i] = NAN;
+    assert_int_equal(nsa_cache_append(cache, len, p.k, poisoned, NULL, NULL), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_reset(cache), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_append(cache, kept, p.k, p.v, NULL, NULL), NSA_SUCCESS);
+    const nsa_cache *one[1] = {cache};
+    int64_t cu[2] = {0, 1};
+    float out[16 * 32];
+    assert_int_equal(nsa_decode(plan, 1, one, cu, p.q + (kept - 1) * 16 * 32,
+                                p.gates + (kept - 1) * 16 * 3, out, NULL),
+                     NSA_SUCCESS);
+    for (size_t i = 0; i < 16 * 32; i++)
+        assert_true(isfinite(out[i]));
+    free(poisoned);
+    nsa_cache_destroy(cache);
+    nsa_plan_destroy(plan);
+    tu_problem_free(&p);
+}
+
 /* Decode of one long cache (the split path: its keys spread over all
  * workers) gives the same bits on 1, 2 and 3 threads, bound or not, and
  * again when the call is repeated (the context keeps its workspace). */
@@ -420,12 +460,13 @@ static int teardown_group(void **state)
 int main(void)
 {
     enum { NUM_CASES = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[NUM_CASES + 3];
+    struct CMUnitTest tests[NUM_CASES + 4];
     tu_announce_seed("test_decode");
     for (size_t i = 0; i < NUM_CASES; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, run_case, NULL, NULL, (void *)&cases[i]};
     tests[NUM_CASES] = (struct CMUnitTest)cmocka_unit_test(test_cache_errors);
     tests[NUM_CASES + 1] = (struct CMUnitTest)cmocka_unit_test(test_threads_do_not_change_bits);
     tests[NUM_CASES + 2] = (struct CMUnitTest)cmocka_unit_test(test_concurrent_calls_match_serial);
+    tests[NUM_CASES + 3] = (struct CMUnitTest)cmocka_unit_test(test_bf16_reset_forgets_values);
     return cmocka_run_group_tests(tests, NULL, teardown_group);
 }

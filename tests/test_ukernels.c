@@ -99,6 +99,24 @@ static uint16_t *random_bf16(size_t n, float lo, float hi)
     return x;
 }
 
+/* np bf16 key panels (paired layout, ukernels.h) of random keys, the
+ * padding channel of an odd dk 0. */
+static uint16_t *random_bf16_panels(size_t np, size_t dk)
+{
+    uint16_t *kp = random_bf16(np * nsa_bf16_panel_words(dk), -1, 1);
+    if (dk % 2 == 1)
+        for (size_t j = 0; j < np * NSA_PANEL; j++)
+            kp[nsa_bf16_key_at(dk, j, dk)] = 0;
+    return kp;
+}
+
+/* Words of nk bf16 value rows (paired layout, ukernels.h) of stride ldv,
+ * exactly: the last pair's row ends at its 2 dv-th word. */
+static size_t bf16_value_words(size_t nk, size_t dv, size_t ldv)
+{
+    return (nk - 1) / 2 * 2 * ldv + 2 * dv;
+}
+
 /* A value no kernel computes: marks memory a kernel must not write. */
 static const float SENTINEL = -12345.5f;
 
@@ -140,7 +158,7 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, const char *
                 const size_t ldq = dk + 3, lds = np * NSA_PANEL + 5, total = (m + 1) * lds;
                 float *q = random_floats((m - 1) * ldq + dk, -1, 1);
                 float *kp = fn != NULL ? random_floats(np * dk * NSA_PANEL, -1, 1) : NULL;
-                uint16_t *kp16 = fn16 != NULL ? random_bf16(np * dk * NSA_PANEL, -1, 1) : NULL;
+                uint16_t *kp16 = fn16 != NULL ? random_bf16_panels(np, dk) : NULL;
                 float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
                 fill_sentinel(got, total);
                 fill_sentinel(want, total);
@@ -177,7 +195,8 @@ static void check_pv(nsa_pv_ukernel *fn, nsa_pv_bf16_ukernel *fn16, const char *
                 float *p = random_floats((m - 1) * ldp + nk, 0, 1);
                 /* exact sizes: ASan sees over-reads */
                 float *v = fn != NULL ? random_floats((nk - 1) * ldv + dv, -1, 1) : NULL;
-                uint16_t *v16 = fn16 != NULL ? random_bf16((nk - 1) * ldv + dv, -1, 1) : NULL;
+                uint16_t *v16 =
+                    fn16 != NULL ? random_bf16(bf16_value_words(nk, dv, ldv), -1, 1) : NULL;
                 float *got = random_floats(total, -1, 1);
                 for (size_t r = 0; r <= m; r++) /* sentinels right of each row and below */
                     for (size_t col = 0; col < ldacc; col++)

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * amx-helpers.h — what the AMX kernels share: the tile configuration, the
- * exact split of fp32 values into three bf16 terms, and the pairing of rows
- * into the layout a tile product's right operand wants. Static inline and
- * included only by files compiled with the AMX flags.
+ * amx-helpers.h — what the AMX kernels share: the tile configuration and
+ * the exact split of fp32 values into three bf16 terms. (The bf16 keys and
+ * values need no such step: their paired layout, ukernels.h, is the one a
+ * tile product's right operand wants.) Static inline and included only by
+ * files compiled with the AMX flags.
  *
  * Why three terms: TDPBF16PS multiplies bf16 by bf16 and adds in fp32. The
  * cache's keys and values are bf16 already; the queries and probabilities
@@ -83,31 +84,24 @@ static inline __m512 nsa_amx_load(const float *x, size_t n)
     return n > 0 ? _mm512_maskz_loadu_ps(nsa_amx_mask(n), x) : _mm512_setzero_ps();
 }
 
-/* The left tiles' rows: rows x cols values of x (row stride ldx) split into
- * terms[t] (16 rows of ld words, ld a multiple of 32), zeros past rows and
- * cols. */
+/* The left tiles' rows: 16 rows x width columns (width a multiple of 32)
+ * of terms[t] (row stride ld words) from rows x cols values of x (row
+ * stride ldx) times scale, zeros past rows and cols. */
 static inline void nsa_amx_split_rows(const float *x, size_t ldx, size_t rows, size_t cols,
-                                      size_t ld, uint16_t *const terms[3])
+                                      float scale, size_t width, size_t ld,
+                                      uint16_t *const terms[3])
 {
+    const __m512 vscale = _mm512_set1_ps(scale);
     for (size_t r = 0; r < NSA_AMX_ROWS; r++)
-        for (size_t c = 0; c < ld; c += NSA_AMX_DEPTH) {
+        for (size_t c = 0; c < width; c += NSA_AMX_DEPTH) {
             const size_t left = r < rows && c < cols ? cols - c : 0;
             const float *row = r < rows ? x + r * ldx + c : x;
             const size_t at = r * ld + c;
-            const __m512 x0 = nsa_amx_load(row, left);
-            const __m512 x1 = left > 16 ? nsa_amx_load(row + 16, left - 16) : _mm512_setzero_ps();
+            const __m512 x0 = _mm512_mul_ps(vscale, nsa_amx_load(row, left));
+            const __m512 x1 = left > 16 ? _mm512_mul_ps(vscale, nsa_amx_load(row + 16, left - 16))
+                                        : _mm512_setzero_ps();
             nsa_amx_split3(x0, x1, terms[0] + at, terms[1] + at, terms[2] + at);
         }
-}
-
-/* The word permutation that interleaves the two 16-word halves of a vector:
- * (a0 b0 a1 b1 ... a15 b15) from (a0 .. a15 b0 .. b15), the pair layout of
- * a tile product's right operand (row p holds rows 2p and 2p + 1 of the
- * mathematical matrix, element by element). */
-static inline __m512i nsa_amx_pair_index(void)
-{
-    return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                            22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
 }
 
 #endif /* NSA_AMX_HELPERS_H */

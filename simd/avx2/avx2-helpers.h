@@ -58,25 +58,42 @@ static inline __m256i nsa_avx2_mask_first(size_t n)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane);
 }
 
-/* 8 bf16 values widened exactly to fp32: zero-extend each to 32 bits and
- * shift it into the upper half. */
-static inline __m256 nsa_avx2_load_bf16(const uint16_t *x)
+/* bf16 in pairs (the paired layout of ukernels.h): a vector of 8 pairs of
+ * words, one pair per 32-bit lane, widens exactly to two vectors of fp32,
+ * one instruction each. The first word of a pair is the low half of its
+ * lane, so a shift puts it in the upper half. The second word is the upper
+ * half already; a blend takes it from the pairs and the zero low half from
+ * the first's vector, so no mask constant takes a register, and the pairs
+ * may come straight from memory (the blend's memory operand) instead of
+ * staying in one. */
+static inline __m256 nsa_avx2_bf16_first(__m256i pairs)
 {
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
 }
 
-/* The first n bf16 values at x (0 <= n <= 8) widened in the low lanes, 0 in
- * the others; nothing past x[n - 1] is read (AVX2 has no 16-bit masked
- * load, so a partial vector goes through a zeroed buffer). */
-static inline __m256 nsa_avx2_load_bf16_first(const uint16_t *x, size_t n)
+/* first: nsa_avx2_bf16_first(pairs). */
+static inline __m256 nsa_avx2_bf16_second(__m256 first, __m256i pairs)
+{
+    return _mm256_castsi256_ps(_mm256_blend_epi16(_mm256_castps_si256(first), pairs, 0xaa));
+}
+
+/* 8 pairs of bf16 (16 words) at x. */
+static inline __m256i nsa_avx2_load_pairs(const uint16_t *x)
+{
+    return _mm256_loadu_si256((const __m256i *)x);
+}
+
+/* The first n pairs at x (0 <= n <= 8) in the low lanes, 0 in the others;
+ * nothing past x[2 n - 1] is read (a partial vector goes through a zeroed
+ * buffer, as x need not be 4-byte aligned for a 32-bit masked load). */
+static inline __m256i nsa_avx2_load_pairs_first(const uint16_t *x, size_t n)
 {
     if (n >= 8)
-        return nsa_avx2_load_bf16(x);
-    uint16_t part[8] = {0};
-    for (size_t i = 0; i < n; i++)
+        return nsa_avx2_load_pairs(x);
+    uint16_t part[16] = {0};
+    for (size_t i = 0; i < 2 * n; i++)
         part[i] = x[i];
-    return nsa_avx2_load_bf16(part);
+    return nsa_avx2_load_pairs(part);
 }
 
 #endif /* NSA_AVX2_HELPERS_H */

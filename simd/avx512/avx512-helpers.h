@@ -33,12 +33,15 @@ static inline __m512 nsa_avx512_exp_ps(__m512 x)
     return _mm512_scalef_ps(p, n);
 }
 
-/* 16 bf16 values (under mask: the rest read as 0, not read at all) widened
- * exactly to fp32: zero-extend to 32 bits and shift into the upper half. */
-static inline __m512 nsa_avx512_load_bf16(__mmask16 mask, const uint16_t *x)
+/* 16 pairs of bf16 (the paired layout of ukernels.h; under mask, by pair:
+ * the rest read as 0, not read at all) widened exactly to fp32: the first
+ * word of each pair into `even`, the second into `odd`. */
+static inline void nsa_avx512_load_bf16_pairs(__mmask16 mask, const uint16_t *x, __m512 *even,
+                                              __m512 *odd)
 {
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, x));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+    const __m512i w = _mm512_maskz_loadu_epi32(mask, x);
+    *even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    *odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
 }
 
 /* A mask selecting the first n lanes, 0 <= n <= 16. */

@@ -89,33 +89,31 @@ static inline void nsa_neon_store_first(float *p, float32x4_t v, size_t n)
         vst1q_lane_f32(p + 2, v, 2);
 }
 
-/* bf16 widened exactly to fp32: SHLL #16 zero-extends each 16-bit lane to
- * 32 bits and shifts it into the upper half, in one instruction. The low
- * and the high 4 of 8 bf16 values: */
-static inline float32x4_t nsa_neon_bf16_low(uint16x8_t x)
+/* bf16 in pairs (the paired layout of ukernels.h): a vector of 4 pairs of
+ * words, one pair per 32-bit lane, widens exactly to two vectors of fp32,
+ * one instruction each. The first word of a pair is the low half of its
+ * lane, so a shift (SHL #16) puts it in the upper half; the second word is
+ * the upper half already, so a mask (AND) clears the first from under it. */
+static inline float32x4_t nsa_neon_bf16_first(uint16x8_t pairs)
 {
-    return vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(x), 16));
+    return vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_u16(pairs), 16));
 }
 
-static inline float32x4_t nsa_neon_bf16_high(uint16x8_t x)
+static inline float32x4_t nsa_neon_bf16_second(uint16x8_t pairs)
 {
-    return vreinterpretq_f32_u32(vshll_high_n_u16(x, 16));
+    return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_u16(pairs), vdupq_n_u32(0xffff0000u)));
 }
 
-/* The first n bf16 values at p (0 <= n <= 4) widened in the low lanes, 0 in
- * the others; nothing past p[n - 1] is read. */
-static inline float32x4_t nsa_neon_load_bf16_first(const uint16_t *p, size_t n)
+/* The first n pairs at p (0 <= n <= 4) in the low lanes, 0 in the others;
+ * nothing past p[2 n - 1] is read. */
+static inline uint16x8_t nsa_neon_load_pairs_first(const uint16_t *p, size_t n)
 {
     if (n >= 4)
-        return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
-    uint16x4_t x = vdup_n_u16(0);
-    if (n >= 1)
-        x = vld1_lane_u16(p, x, 0);
-    if (n >= 2)
-        x = vld1_lane_u16(p + 1, x, 1);
-    if (n >= 3)
-        x = vld1_lane_u16(p + 2, x, 2);
-    return vreinterpretq_f32_u32(vshll_n_u16(x, 16));
+        return vld1q_u16(p);
+    uint16_t part[8] = {0};
+    for (size_t i = 0; i < 2 * n; i++)
+        part[i] = p[i];
+    return vld1q_u16(part);
 }
 
 #endif /* NSA_NEON_HELPERS_H */

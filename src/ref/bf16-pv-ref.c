@@ -13,9 +13,8 @@ void nsa_bf16_pv_ukernel__ref(size_t m, size_t nk, size_t dv, const float *p, si
         float *ar = acc + r * ldacc;
         for (size_t j = 0; j < nk; j++) {
             float pj = p[r * ldp + j];
-            const uint16_t *vj = v + j * ldv;
             for (size_t c = 0; c < dv; c++)
-                ar[c] += pj * nsa_bf16_to_f32(vj[c]);
+                ar[c] += pj * nsa_bf16_to_f32(v[nsa_bf16_value_at(ldv, j, c)]);
         }
     }
 }

@@ -11,11 +11,11 @@ void nsa_bf16_qk_ukernel__ref(size_t m, size_t np, size_t dk, float scale, const
 {
     for (size_t r = 0; r < m; r++) {
         for (size_t p = 0; p < np; p++) {
-            const uint16_t *panel = kp + p * dk * NSA_PANEL;
             float dot[NSA_PANEL] = {0};
             for (size_t c = 0; c < dk; c++)
                 for (size_t j = 0; j < NSA_PANEL; j++)
-                    dot[j] += q[r * ldq + c] * nsa_bf16_to_f32(panel[c * NSA_PANEL + j]);
+                    dot[j] += q[r * ldq + c] *
+                              nsa_bf16_to_f32(kp[nsa_bf16_key_at(dk, p * NSA_PANEL + j, c)]);
             for (size_t j = 0; j < NSA_PANEL; j++)
                 s[r * lds + p * NSA_PANEL + j] = scale * dot[j];
         }
