@@ -270,7 +270,6 @@ static void run(nsa_pool *pool, nsa_pool_task fn, void *arg, int eager)
         return;
     }
     pthread_mutex_lock(&pool->call_lock);
-    const int moved = caller_enter(pool);
     pool->fn = fn;
     pool->arg = arg;
     pool->eager = eager;
@@ -282,6 +281,9 @@ static void run(nsa_pool *pool, nsa_pool_task fn, void *arg, int eager)
         pthread_cond_broadcast(&pool->wake);
         pthread_mutex_unlock(&pool->lock);
     }
+    /* After the workers may start: a move costs system calls they need not
+     * wait for. */
+    const int moved = caller_enter(pool);
 
     fn(arg, 0, pool->num_threads);
 
