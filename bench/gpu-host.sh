@@ -6,7 +6,7 @@
 # there from the repository root:
 #
 #   PACK=gpu-pack OUT=out bench/gpu-host.sh [suite] [forward] [torch] [scaling]
-#                                           [groups] [decode] [backward] [fast]
+#                                           [groups] [decode] [backward] [fast] [amx]
 #
 # suite    the test programs once per ISA the host supports (avx512 too)
 # forward  nsa-bench kernels; nsa-bench forward at 32K and 64K, G=16, 16 threads
@@ -16,6 +16,7 @@
 # groups   NSA alone at 32K with G=1 and G=4, 16 threads
 # decode   nsa-bench decode, 4K .. 128K, fp32 and bf16; PyTorch's bf16 decode
 # backward nsa-bench backward at 32K and 64K
+# amx      nsa-bench kernels; decode at 64K capped at avx512 and at amx, 3 rounds
 set -u
 PACK=${PACK:-gpu-pack}
 OUT=${OUT:-.}
@@ -62,6 +63,17 @@ for part in "$@"; do
         python3 bench/torch_decode.py --threads 16 --context 4096 16384 65536 131072 \
             >"$OUT/torch-decode.jsonl" 2>&1
         cat "$OUT/torch-decode.jsonl"
+        ;;
+    amx)
+        run nsa-bench kernels --json >"$OUT/kernels.jsonl" 2>"$OUT/kernels.txt"
+        grep -E 'bf16|peak' "$OUT/kernels.txt"
+        for round in 1 2 3; do
+            for isa in avx512 amx; do
+                run nsa-bench decode --context 65536 --threads 16 --repeats 30 --isa $isa --json \
+                    >>"$OUT/amx-ab.jsonl" 2>>"$OUT/amx-ab.txt"
+            done
+        done
+        grep -E '^ +65536' "$OUT/amx-ab.txt"
         ;;
     backward)
         for n in 32768 65536; do
