@@ -51,6 +51,15 @@ static inline void nsa_amx_end(void)
     _tile_release();
 }
 
+/* Accumulator tile `acc` += the three terms of the left operand (tiles
+ * 4-6) times the right one (tile 7): the kernels' tile numbering. */
+#define NSA_AMX_THREE_TERMS(acc)                                                            \
+    do {                                                                                    \
+        _tile_dpbf16ps(acc, 4, 7);                                                          \
+        _tile_dpbf16ps(acc, 5, 7);                                                          \
+        _tile_dpbf16ps(acc, 6, 7);                                                          \
+    } while (0)
+
 /* x == hi + mid + lo exactly, for the 32 values of x0 and x1, each term
  * stored as 32 bf16: hi and mid are x and its remainder truncated to bf16
  * (the remainders are exact fp32 subtractions), lo what is left, at most 8

@@ -24,14 +24,6 @@ enum {
     GROUP = 4       /* channel blocks of 16 per pass: four accumulators */
 };
 
-/* Accumulator tile `acc` += the three terms (tiles 4-6) times tile 7. */
-#define THREE_TERMS(acc)                                                                    \
-    do {                                                                                    \
-        _tile_dpbf16ps(acc, 4, 7);                                                          \
-        _tile_dpbf16ps(acc, 5, 7);                                                          \
-        _tile_dpbf16ps(acc, 6, 7);                                                          \
-    } while (0)
-
 /* Loads tile 7 with keys k .. k + 32 (below nk) and channels d .. d + 16
  * (below dv) of the value rows at v: in place when all are there, else
  * through `pad` (zeros for what is missing). */
@@ -80,10 +72,10 @@ static void pv_rows(size_t rows, size_t k0, size_t count, size_t dv, const float
             for (size_t b = 0; b < blocks; b++) {
                 load_right(v, ldv, k0 + j, end, d0 + 16 * b, dv, pad);
                 switch (b) {
-                case 0: THREE_TERMS(0); break;
-                case 1: THREE_TERMS(1); break;
-                case 2: THREE_TERMS(2); break;
-                default: THREE_TERMS(3); break;
+                case 0: NSA_AMX_THREE_TERMS(0); break;
+                case 1: NSA_AMX_THREE_TERMS(1); break;
+                case 2: NSA_AMX_THREE_TERMS(2); break;
+                default: NSA_AMX_THREE_TERMS(3); break;
                 }
             }
         }

@@ -26,14 +26,6 @@ enum {
     MAX_DK = 256  /* longer rows: the AVX-512 kernel */
 };
 
-/* Accumulator tile `acc` += the three terms (tiles 4-6) times tile 7. */
-#define THREE_TERMS(acc)                                                                    \
-    do {                                                                                    \
-        _tile_dpbf16ps(acc, 4, 7);                                                          \
-        _tile_dpbf16ps(acc, 5, 7);                                                          \
-        _tile_dpbf16ps(acc, 6, 7);                                                          \
-    } while (0)
-
 /* Loads tile 7 with channels c0 .. c0 + 32 of a panel: in place when the
  * panel has them all, else through `pad` (the missing rows zero). */
 static void load_right(const uint16_t *panel, size_t c0, size_t dk, uint16_t *pad)
@@ -72,7 +64,7 @@ static void qk_rows(size_t rows, size_t np, size_t dk, float scale, const float 
             _tile_loadd(5, terms[1] + c0, ld * sizeof(uint16_t));
             _tile_loadd(6, terms[2] + c0, ld * sizeof(uint16_t));
             load_right(panel, c0, dk, pad);
-            THREE_TERMS(0);
+            NSA_AMX_THREE_TERMS(0);
         }
         float *dst = s + p * NSA_PANEL, *to = rows == NSA_AMX_ROWS ? dst : out;
         const size_t stride = (rows == NSA_AMX_ROWS ? lds : NSA_PANEL) * sizeof(float);
