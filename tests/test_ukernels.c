@@ -150,7 +150,7 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, const char *
 {
     static const size_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 24, 31, 33};
     static const size_t nps[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
-    static const size_t dks[] = {1, 3, 8, 17, 64, 128, 129};
+    static const size_t dks[] = {1, 3, 8, 17, 64, 128, 129, 260}; /* 260: AMX hands it on */
     for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
         for (size_t b = 0; b < sizeof nps / sizeof *nps; b++)
             for (size_t c = 0; c < sizeof dks / sizeof *dks; c++) {
