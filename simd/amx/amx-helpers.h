@@ -12,7 +12,9 @@
  * is represented exactly, every bf16 x bf16 product is exact in fp32, and
  * the sums are fp32 sums: the arithmetic stays fp32, only its order differs
  * from the FMA kernels. Three tile products still cost far fewer cycles than
- * the FMAs they replace.
+ * the FMAs they replace. (Exactly so for |x| >= 2^-103: below, the smallest
+ * terms are bf16 denormals, which tile products read as zero; such values
+ * are ~1e-31 of their row's largest and change nothing measurable.)
  */
 #ifndef NSA_AMX_HELPERS_H
 #define NSA_AMX_HELPERS_H
@@ -28,8 +30,8 @@ enum { NSA_AMX_ROWS = 16, NSA_AMX_BYTES = 64, NSA_AMX_DEPTH = 32 };
 
 /* Configures all eight tiles as full 16 x 64-byte tiles. Every kernel call
  * loads the configuration and releases the tiles before it returns, so no
- * tile state outlives a call (the caller's own AMX code, if any, is not
- * disturbed across calls either way: it must configure its own tiles). */
+ * tile state outlives a call; an application that uses AMX itself finds
+ * the tiles released after a libnsa call and configures them again. */
 static inline void nsa_amx_begin(void)
 {
     struct {
