@@ -221,6 +221,44 @@ static void check_pv(nsa_pv_ukernel *fn, nsa_pv_bf16_ukernel *fn16, const char *
             }
 }
 
+/* The bf16 kernels keep fp32 arithmetic (ukernels.h): with one-hot keys
+ * (key j is 1 at channel j) every score is one fp32 product, scale q[r][j]
+ * rounded once, and with one-hot values and acc = 0 every output is one
+ * probability: both must come out bit for bit. A kernel that rounded q or P
+ * to fewer bits (as a bf16 tile product would without the exact split of
+ * simd/amx/amx-helpers.h) fails here, not only in the tolerance checks. */
+static void check_bf16_exact(nsa_qk_bf16_ukernel *qk, nsa_pv_bf16_ukernel *pv,
+                             const char *name)
+{
+    static const size_t ms[] = {3, 16, 17};
+    enum { DIM = 128, KEYS = 128 };
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++) {
+        const size_t m = ms[a];
+        float *x = random_floats(m * DIM, -1, 1); /* q (qk) or P (pv), full mantissas */
+        uint16_t *one_hot = calloc(KEYS * DIM, sizeof *one_hot);
+        float *got = calloc(m * KEYS, sizeof *got);
+        assert_non_null(one_hot);
+        assert_non_null(got);
+        for (size_t j = 0; j < KEYS; j++)
+            one_hot[qk != NULL ? nsa_bf16_key_at(DIM, j, j) : nsa_bf16_value_at(DIM, j, j)] =
+                0x3f80; /* 1.0 */
+        if (qk != NULL)
+            qk(m, KEYS / NSA_PANEL, DIM, 0.37f, x, DIM, one_hot, got, KEYS);
+        else
+            pv(m, KEYS, DIM, x, KEYS, one_hot, DIM, got, DIM);
+        for (size_t r = 0; r < m; r++)
+            for (size_t j = 0; j < KEYS; j++) {
+                const float want = qk != NULL ? 0.37f * x[r * DIM + j] : x[r * KEYS + j];
+                if (got[r * KEYS + j] != want)
+                    fail_msg("%s m=%zu: row %zu column %zu is %.9g, not %.9g", name, m, r, j,
+                             (double)got[r * KEYS + j], (double)want);
+            }
+        free(x);
+        free(one_hot);
+        free(got);
+    }
+}
+
 static void check_softmax(nsa_softmax_ukernel *fn, const char *name)
 {
     static const size_t ms[] = {1, 3, 8, 16, 17};
@@ -473,8 +511,14 @@ static void test_registry_entry(void **state)
     switch (e->kind) {
     case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, NULL, e->name); break;
     case SLOT_pv: check_pv((nsa_pv_ukernel *)e->fn, NULL, e->name); break;
-    case SLOT_qk_bf16: check_qk(NULL, (nsa_qk_bf16_ukernel *)e->fn, e->name); break;
-    case SLOT_pv_bf16: check_pv(NULL, (nsa_pv_bf16_ukernel *)e->fn, e->name); break;
+    case SLOT_qk_bf16:
+        check_qk(NULL, (nsa_qk_bf16_ukernel *)e->fn, e->name);
+        check_bf16_exact((nsa_qk_bf16_ukernel *)e->fn, NULL, e->name);
+        break;
+    case SLOT_pv_bf16:
+        check_pv(NULL, (nsa_pv_bf16_ukernel *)e->fn, e->name);
+        check_bf16_exact(NULL, (nsa_pv_bf16_ukernel *)e->fn, e->name);
+        break;
     case SLOT_softmax: check_softmax((nsa_softmax_ukernel *)e->fn, e->name); break;
     case SLOT_gate_mix: check_gate_mix((nsa_gate_mix_ukernel *)e->fn, e->name); break;
     case SLOT_pool: check_pool((nsa_pool_ukernel *)e->fn, e->name); break;
