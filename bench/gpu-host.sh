@@ -10,7 +10,8 @@
 #
 # suite    the test programs once per ISA the host supports (avx512 too)
 # forward  nsa-bench kernels; nsa-bench forward at 32K and 64K, G=16, 16 threads
-# fast     the same forward runs without the (slow, already measured) OpenBLAS row
+# fast     the same forward runs without the (slow, already measured) OpenBLAS row,
+#          NSA and nsa_dense_forward in 2 alternating rounds (--rounds 2)
 # torch    PyTorch's fp32 causal SDPA at the same sizes (torch must be there)
 # scaling  NSA alone at 16K on 1, 2, 4, 8, 16 threads
 # groups   NSA alone at 32K with G=1 and G=4, 16 threads
@@ -51,7 +52,7 @@ for part in "$@"; do
         ;;
     fast)
         for n in 32768 65536; do
-            run nsa-bench forward --seqlen $n --threads 16 --repeats 2 --no-blas --json \
+            run nsa-bench forward --seqlen $n --threads 16 --repeats 2 --rounds 2 --no-blas --json \
                 >"$OUT/fast-$n.jsonl" 2>"$OUT/fast-$n.txt"
             cat "$OUT/fast-$n.txt"
         done

@@ -38,6 +38,8 @@ static void usage(FILE *to)
             "  --isa X             cap the library's kernels: ref, avx2, avx512, amx, neon\n"
             "timing:\n"
             "  --repeats R         timed runs after one warm-up (3; kernels: 5)\n"
+            "  --rounds K          forward: time NSA and nsa_dense_forward K times each,\n"
+            "                      alternating, and keep each one's best round (1)\n"
             "  --median            report the median of the runs (default: the best)\n"
             "output:\n"
             "  --json              one JSON object per size, one per line\n"
@@ -87,7 +89,7 @@ static int parse_isa(const char *text, int32_t *isa)
 int bench_parse_options(int argc, char **argv, bench_options *opt)
 {
     *opt = (bench_options){.seqlen = 8192, .q_heads = 16, .kv_heads = 1, .dim_qk = 128,
-                           .dim_v = 128, .threads = 0, .max_isa = -1, .repeats = 0,
+                           .dim_v = 128, .threads = 0, .max_isa = -1, .repeats = 0, .rounds = 1,
                            .sweep_min = 1024, .sweep_max = 65536, .plot = "nsa-sweep.png",
                            .blas_mode = BENCH_BLAS_AUTO, .blas_tile = 256, .seed = 1,
                            .dtype = -1};
@@ -128,7 +130,7 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
         }
         static const char *const valued[] = {
             "--seqlen", "--q-heads", "--kv-heads", "--dim-qk", "--dim-v", "--threads",
-            "--repeats", "--sweep-min", "--sweep-max", "--blas-tile", "--bw-mib", "--seed",
+            "--repeats", "--rounds", "--sweep-min", "--sweep-max", "--blas-tile", "--bw-mib", "--seed",
             "--isa", "--plot", "--blas-mode", "--context", "--dtype"};
         int known = 0;
         for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
@@ -165,6 +167,9 @@ int bench_parse_options(int argc, char **argv, bench_options *opt)
         } else if (strcmp(name, "--repeats") == 0) {
             rc = parse_int(name, text, 1, 100000, &v);
             opt->repeats = (int32_t)v;
+        } else if (strcmp(name, "--rounds") == 0) {
+            rc = parse_int(name, text, 1, 1000, &v);
+            opt->rounds = (int32_t)v;
         } else if (strcmp(name, "--sweep-min") == 0) {
             rc = parse_int(name, text, 1, big, &v);
             opt->sweep_min = v;

@@ -59,8 +59,12 @@ void bench_report_header(const bench_run_info *info)
             (int)c->sel_init, (int)c->sel_local, (int)c->window);
     fprintf(f, "run: threads=%d isa=%s (plan: %s); load average at start %.2f\n", info->threads,
             nsa_isa_name(info->isa), info->plan, bench_loadavg());
-    fprintf(f, "timing: one warm-up run, then the %s of %d runs\n",
+    fprintf(f, "timing: one warm-up run, then the %s of %d runs",
             info->opt->median ? "median" : "best", (int)info->opt->repeats);
+    if (info->opt->rounds > 1 && strcmp(info->opt->mode, "forward") == 0)
+        fprintf(f, "; NSA and nsa_dense_forward: the best of %d such rounds, alternating",
+                (int)info->opt->rounds);
+    fprintf(f, "\n");
     if (info->peak_gflops > 0) {
         fprintf(f, "peak: %.1f GFLOP/s (%s, %d threads)", info->peak_gflops,
                 bench_peak_label(info->isa), m->peak_threads);
@@ -204,7 +208,8 @@ void bench_report_json(const bench_run_info *info, const bench_result *r)
     fprintf(f, ",\"q_heads\":%d,\"kv_heads\":%d,\"dim_qk\":%d,\"dim_v\":%d", (int)c->num_q_heads,
             (int)c->num_kv_heads, (int)c->head_dim_qk, (int)c->head_dim_v);
     bench_json_string(f, "stat", info->opt->median ? "median" : "best");
-    fprintf(f, ",\"repeats\":%d", (int)info->opt->repeats);
+    fprintf(f, ",\"repeats\":%d,\"rounds\":%d", (int)info->opt->repeats,
+            (int)info->opt->rounds);
     bench_json_string(f, "dense_blas_how", m[BENCH_DENSE_BLAS].note);
     bench_json_string(f, "dense_dnnl_how", m[BENCH_DENSE_DNNL].note);
     bench_json_string(f, "cpu", info->machine->cpu);
