@@ -88,6 +88,14 @@ static inline __mmask16 nsa_amx_mask(size_t n)
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
 }
 
+/* Asks for the 16 rows of a right tile (row stride `stride` words) ahead
+ * of its load: tile loads seem not to train the hardware prefetchers. */
+static inline void nsa_amx_prefetch_tile(const uint16_t *rows, size_t stride)
+{
+    for (size_t i = 0; i < NSA_AMX_ROWS; i++)
+        _mm_prefetch((const char *)(rows + i * stride), _MM_HINT_T0);
+}
+
 /* Up to 16 values x[0 .. n) (n may exceed 16), zeros past n: no read past
  * x + n. */
 static inline __m512 nsa_amx_load(const float *x, size_t n)

@@ -11,9 +11,11 @@
  * for all of them). Value rows hold two keys each, the right operand's
  * layout: 16 rows x 16 channels are one right tile, loaded in place
  * (through a zero-padded copy when it would reach past the last key's row
- * or past dv). Each (32 keys, 16 channels) step is three tile products, one
- * per term. The tiles start at zero and are added to acc at the end of a
- * key step. Few rows go to the AVX-512 kernel, as in qk.
+ * or past dv), and the same tile 32 keys on is prefetched meanwhile (tile
+ * loads seem not to train the hardware prefetchers: +10 % on the dev VM). Each
+ * (32 keys, 16 channels) step is three tile products, one per term. The
+ * tiles start at zero and are added to acc at the end of a key step. Few
+ * rows go to the AVX-512 kernel, as in qk.
  */
 #include "amx-helpers.h"
 #include "ukernels.h"
@@ -70,6 +72,9 @@ static void pv_rows(size_t rows, size_t k0, size_t count, size_t dv, const float
             _tile_loadd(5, terms[1] + j, ld * sizeof(uint16_t));
             _tile_loadd(6, terms[2] + j, ld * sizeof(uint16_t));
             for (size_t b = 0; b < blocks; b++) {
+                if (k0 + j + NSA_AMX_DEPTH < end) /* the same tile 32 keys on */
+                    nsa_amx_prefetch_tile(v + (k0 + j + NSA_AMX_DEPTH) * ldv + 2 * (d0 + 16 * b),
+                                          2 * ldv);
                 load_right(v, ldv, k0 + j, end, d0 + 16 * b, dv, pad);
                 switch (b) {
                 case 0: NSA_AMX_THREE_TERMS(0); break;
