@@ -25,6 +25,8 @@
 
 #include <immintrin.h>
 
+#include "avx512/avx512-helpers.h" /* the AMX kernels are AVX-512 code too */
+
 /* A tile: 16 rows of 64 bytes (32 bf16 or 16 fp32). */
 enum { NSA_AMX_ROWS = 16, NSA_AMX_BYTES = 64, NSA_AMX_DEPTH = 32 };
 
@@ -82,25 +84,12 @@ static inline void nsa_amx_split3(__m512 x0, __m512 x1, uint16_t *hi, uint16_t *
     _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(l1, l0));
 }
 
-/* A mask selecting the first min(n, 16) lanes. */
-static inline __mmask16 nsa_amx_mask(size_t n)
-{
-    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-}
-
 /* Asks for the 16 rows of a right tile (row stride `stride` words) ahead
  * of its load: tile loads seem not to train the hardware prefetchers. */
 static inline void nsa_amx_prefetch_tile(const uint16_t *rows, size_t stride)
 {
     for (size_t i = 0; i < NSA_AMX_ROWS; i++)
         _mm_prefetch((const char *)(rows + i * stride), _MM_HINT_T0);
-}
-
-/* Up to 16 values x[0 .. n) (n may exceed 16), zeros past n: no read past
- * x + n. */
-static inline __m512 nsa_amx_load(const float *x, size_t n)
-{
-    return n > 0 ? _mm512_maskz_loadu_ps(nsa_amx_mask(n), x) : _mm512_setzero_ps();
 }
 
 /* The left tiles' rows: 16 rows x width columns (width a multiple of 32)
@@ -116,9 +105,12 @@ static inline void nsa_amx_split_rows(const float *x, size_t ldx, size_t rows, s
             const size_t left = r < rows && c < cols ? cols - c : 0;
             const float *row = r < rows ? x + r * ldx + c : x;
             const size_t at = r * ld + c;
-            const __m512 x0 = _mm512_mul_ps(vscale, nsa_amx_load(row, left));
-            const __m512 x1 = left > 16 ? _mm512_mul_ps(vscale, nsa_amx_load(row + 16, left - 16))
-                                        : _mm512_setzero_ps();
+            const __m512 x0 =
+                _mm512_mul_ps(vscale, _mm512_maskz_loadu_ps(nsa_avx512_mask_first(left), row));
+            const __m512 x1 =
+                left > 16 ? _mm512_mul_ps(vscale, _mm512_maskz_loadu_ps(
+                                                      nsa_avx512_mask_first(left - 16), row + 16))
+                          : _mm512_setzero_ps();
             nsa_amx_split3(x0, x1, terms[0] + at, terms[1] + at, terms[2] + at);
         }
 }

@@ -39,7 +39,7 @@ static void load_right(const uint16_t *v, size_t ldv, size_t k, size_t nk, size_
         return;
     }
     const size_t have = (nk - k + 1) / 2; /* rows left, the last maybe half used */
-    const __mmask16 mask = nsa_amx_mask(dv - d);
+    const __mmask16 mask = nsa_avx512_mask_first(dv - d);
     for (size_t i = 0; i < NSA_AMX_ROWS; i++)
         _mm512_store_si512(pad + i * NSA_AMX_DEPTH,
                            i < have ? _mm512_maskz_loadu_epi32(mask, rows + i * stride)
@@ -92,7 +92,7 @@ static void pv_rows(size_t rows, size_t k0, size_t count, size_t dv, const float
             default: _tile_stored(3, out, NSA_AMX_BYTES); break;
             }
             const size_t d = d0 + 16 * b;
-            const __mmask16 mask = nsa_amx_mask(dv - d);
+            const __mmask16 mask = nsa_avx512_mask_first(dv - d);
             for (size_t r = 0; r < rows; r++) {
                 float *dst = acc + r * ldacc + d;
                 const __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst),

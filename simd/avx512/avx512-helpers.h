@@ -44,7 +44,7 @@ static inline void nsa_avx512_load_bf16_pairs(__mmask16 mask, const uint16_t *x,
     *odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
 }
 
-/* A mask selecting the first n lanes, 0 <= n <= 16. */
+/* A mask selecting the first min(n, 16) lanes. */
 static inline __mmask16 nsa_avx512_mask_first(size_t n)
 {
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
