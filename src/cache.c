@@ -61,29 +61,52 @@ static int64_t value_rows(nsa_dtype dtype, int64_t rows)
     return dtype == NSA_DTYPE_BF16 ? rows + rows % 2 : rows;
 }
 
+/* Where channel c of key `pos` sits among one head's panels. */
+static size_t key_at(nsa_dtype dtype, int64_t dim, int64_t pos, int64_t c)
+{
+    return dtype == NSA_DTYPE_BF16
+               ? nsa_bf16_key_at((size_t)dim, (size_t)pos, (size_t)c)
+               : (size_t)((pos / NSA_PANEL * dim + c) * NSA_PANEL + pos % NSA_PANEL);
+}
+
+/* Where channel c of token `pos` sits among one head's value rows. */
+static size_t value_at(nsa_dtype dtype, int64_t dim, int64_t pos, int64_t c)
+{
+    return dtype == NSA_DTYPE_BF16 ? nsa_bf16_value_at((size_t)dim, (size_t)pos, (size_t)c)
+                                   : (size_t)(pos * dim + c);
+}
+
 /* Key `pos` of head h (dim values) into the panel layout, value into rows. */
 static void store_panel_key(void *panels, nsa_dtype dtype, int64_t head_panels, int64_t dim,
                             int64_t h, int64_t pos, const float *key)
 {
     const size_t head = (size_t)(h * head_panels * panel_size(dtype, dim));
-    for (int64_t c = 0; c < dim; c++) {
-        const size_t at = dtype == NSA_DTYPE_BF16
-                              ? nsa_bf16_key_at((size_t)dim, (size_t)pos, (size_t)c)
-                              : (size_t)((pos / NSA_PANEL * dim + c) * NSA_PANEL + pos % NSA_PANEL);
-        store(panels, dtype, head + at, key[c]);
-    }
+    for (int64_t c = 0; c < dim; c++)
+        store(panels, dtype, head + key_at(dtype, dim, pos, c), key[c]);
 }
 
 static void store_row(void *rows, nsa_dtype dtype, int64_t head_rows, int64_t dim, int64_t h,
                       int64_t pos, const float *value)
 {
     const size_t head = (size_t)(h * value_rows(dtype, head_rows) * dim);
-    for (int64_t c = 0; c < dim; c++) {
-        const size_t at = dtype == NSA_DTYPE_BF16
-                              ? nsa_bf16_value_at((size_t)dim, (size_t)pos, (size_t)c)
-                              : (size_t)(pos * dim + c);
-        store(rows, dtype, head + at, value[c]);
-    }
+    for (int64_t c = 0; c < dim; c++)
+        store(rows, dtype, head + value_at(dtype, dim, pos, c), value[c]);
+}
+
+/* Elements of a cache's four stores (keys, values, compressed keys,
+ * compressed values) for `capacity` tokens; 0 when they overflow. */
+enum { K, V, KC, VC };
+static int store_counts(const nsa_config *cfg, nsa_dtype dtype, int64_t capacity,
+                        int64_t counts[4])
+{
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t compressed = nsa_num_compressed(cfg, capacity);
+    const int64_t panels = (capacity + NSA_PANEL - 1) / NSA_PANEL;
+    const int64_t panels_c = (compressed + NSA_PANEL - 1) / NSA_PANEL;
+    return nsa_checked_mul3(hkv, panels, panel_size(dtype, dk), &counts[K]) &&
+           nsa_checked_mul3(hkv, value_rows(dtype, capacity), dv, &counts[V]) &&
+           nsa_checked_mul3(hkv, panels_c, panel_size(dtype, dk), &counts[KC]) &&
+           nsa_checked_mul3(hkv, value_rows(dtype, compressed), dv, &counts[VC]);
 }
 
 nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed)
@@ -150,14 +173,8 @@ nsa_status nsa_cache_create(const nsa_plan *plan, int64_t capacity, nsa_dtype dt
                         "a KV cache needs a causal plan (decoding is causal)");
     const nsa_config *cfg = &plan->cfg;
     const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
-    const int64_t panels = (capacity + NSA_PANEL - 1) / NSA_PANEL;
-    const int64_t compressed = nsa_num_compressed(cfg, capacity);
-    const int64_t panels_c = (compressed + NSA_PANEL - 1) / NSA_PANEL;
-    int64_t k_count, v_count, kc_count, vc_count;
-    if (!nsa_checked_mul3(hkv, panels, panel_size(dtype, dk), &k_count) ||
-        !nsa_checked_mul3(hkv, value_rows(dtype, capacity), dv, &v_count) ||
-        !nsa_checked_mul3(hkv, panels_c, panel_size(dtype, dk), &kc_count) ||
-        !nsa_checked_mul3(hkv, value_rows(dtype, compressed), dv, &vc_count))
+    int64_t counts[4];
+    if (!store_counts(cfg, dtype, capacity, counts))
         return nsa_fail(ctx, NSA_ERROR_SIZE_OVERFLOW,
                         "a cache of %lld tokens x %lld heads is too large to address",
                         (long long)capacity, (long long)hkv);
@@ -168,14 +185,14 @@ nsa_status nsa_cache_create(const nsa_plan *plan, int64_t capacity, nsa_dtype dt
     c->plan = *plan;
     c->dtype = dtype;
     c->capacity = capacity;
-    c->capacity_compressed = compressed;
-    c->panels = panels;
-    c->panels_compressed = panels_c;
+    c->capacity_compressed = nsa_num_compressed(cfg, capacity);
+    c->panels = (capacity + NSA_PANEL - 1) / NSA_PANEL;
+    c->panels_compressed = (c->capacity_compressed + NSA_PANEL - 1) / NSA_PANEL;
     const size_t size = dtype_size(dtype);
-    c->k = zeroed(k_count, size);
-    c->v = zeroed(v_count, size);
-    c->kc = zeroed(kc_count, size);
-    c->vc = zeroed(vc_count, size);
+    c->k = zeroed(counts[K], size);
+    c->v = zeroed(counts[V], size);
+    c->kc = zeroed(counts[KC], size);
+    c->vc = zeroed(counts[VC], size);
     c->tail_k = zeroed((cfg->cmp_block - 1) * hkv * dk, sizeof(float));
     c->tail_v = zeroed((cfg->cmp_block - 1) * hkv * dv, sizeof(float));
     if (!c->k || !c->v || !c->kc || !c->vc || !c->tail_k || !c->tail_v) {
@@ -204,16 +221,14 @@ nsa_status nsa_cache_reset(nsa_cache *cache)
     /* Stale panel slots past the new length must read as zero again, and so
      * must stale bf16 values (the other token of a pair row is multiplied
      * by zero, which only a finite value survives). */
-    const nsa_config *cfg = &cache->plan.cfg;
-    const nsa_dtype dtype = cache->dtype;
-    const size_t size = dtype_size(dtype);
-    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
-    memset(cache->k, 0, (size_t)(hkv * cache->panels * panel_size(dtype, dk)) * size);
-    memset(cache->kc, 0, (size_t)(hkv * cache->panels_compressed * panel_size(dtype, dk)) * size);
-    if (dtype == NSA_DTYPE_BF16) {
-        memset(cache->v, 0, (size_t)(hkv * value_rows(dtype, cache->capacity) * dv) * size);
-        memset(cache->vc, 0,
-               (size_t)(hkv * value_rows(dtype, cache->capacity_compressed) * dv) * size);
+    const size_t size = dtype_size(cache->dtype);
+    int64_t counts[4];
+    (void)store_counts(&cache->plan.cfg, cache->dtype, cache->capacity, counts); /* fit at create */
+    memset(cache->k, 0, (size_t)counts[K] * size);
+    memset(cache->kc, 0, (size_t)counts[KC] * size);
+    if (cache->dtype == NSA_DTYPE_BF16) {
+        memset(cache->v, 0, (size_t)counts[V] * size);
+        memset(cache->vc, 0, (size_t)counts[VC] * size);
     }
     cache->length = 0;
     return NSA_SUCCESS;
