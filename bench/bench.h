@@ -36,7 +36,7 @@ typedef struct bench_options {
     int32_t threads; /* 0 = one per core (the library's default) */
     int32_t max_isa; /* an nsa_isa, or -1 = no cap */
     int32_t repeats;
-    int32_t rounds;  /* forward: NSA and the library's dense kernel timed this many times, alternating */
+    int32_t rounds;  /* forward: NSA and nsa_dense_forward timed this often, alternating */
     int median;      /* 1 = report the median of the repeats, 0 = the best */
     int json;
     int sweep;

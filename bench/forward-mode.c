@@ -6,8 +6,9 @@
  * oneDNN, each with one warm-up and --repeats timed runs on --threads
  * threads. With --rounds K, NSA and the library's dense kernel are timed K
  * times each, alternating, and each keeps its best round: a slow spell of a
- * shared host then falls on both, not on whichever ran during it. The dense outputs are compared with each other, so a fast
- * baseline cannot be a wrong one. Before the first size it measures the
+ * shared host then falls on both, not on whichever ran during it. The dense
+ * outputs are compared with each other, so a fast baseline cannot be a
+ * wrong one. Before the first size it measures the
  * machine's FMA peak and read bandwidth; after a sweep it plots.
  */
 #include <math.h>
@@ -156,9 +157,8 @@ static int run_size(run_ctx *r, int64_t seqlen, bench_result *res)
     if (opt->no_dense) {
         m->outcome = BENCH_SKIPPED;
         snprintf(m->note, sizeof m->note, "--no-dense");
-    } else {
+    } else
         snprintf(m->note, sizeof m->note, "libnsa %s", nsa_plan_describe(r->plan));
-    }
     for (int round = 0; round < opt->rounds; round++) {
         progress(r, "NSA forward");
         measure_round(r, &res->method[BENCH_NSA], round, body_nsa, 0,
