@@ -52,29 +52,47 @@ static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_k
                     state->acc, state->ldacc);
 }
 
+int nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
+                             const nsa_keys *keys, int64_t first_panel, int64_t np,
+                             const int32_t *lo, const int32_t *hi, float *s, size_t lds,
+                             const nsa_softmax_state *state, nsa_used_keys *used)
+{
+    used->first = INT64_MAX;
+    used->last = -1;
+    for (size_t r = 0; r < rows->m; r++) {
+        if (lo[r] > hi[r])
+            continue;
+        used->first = lo[r] < used->first ? lo[r] : used->first;
+        used->last = hi[r] > used->last ? hi[r] : used->last;
+    }
+    if (used->last < 0)
+        return 0; /* no row takes any key here */
+    if (keys->v16 != NULL)
+        used->first -= used->first % 2; /* bf16 value rows start on even keys; s is 0 there */
+    scores(uk, rows, keys, first_panel, np, s, lds);
+    uk->softmax(rows->m, (size_t)(np * NSA_PANEL), lo, hi, s, lds, state->max, state->sum,
+                rows->dv, state->acc, state->ldacc);
+    return 1;
+}
+
+void nsa_attend_values(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                       int64_t first_panel, const nsa_used_keys *used, const float *s,
+                       size_t lds, const nsa_softmax_state *state)
+{
+    const int64_t first_key = first_panel * NSA_PANEL;
+    for (int64_t j = used->first; j <= used->last; j += PV_STEP) {
+        int64_t count = used->last + 1 - j < PV_STEP ? used->last + 1 - j : PV_STEP;
+        accumulate(uk, rows, keys, first_key + j, count, s + j, lds, state);
+    }
+}
+
 void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                      int64_t first_panel, int64_t np, const int32_t *lo, const int32_t *hi,
                      float *s, size_t lds, const nsa_softmax_state *state)
 {
-    const int64_t first_key = first_panel * NSA_PANEL;
-    int64_t used_lo = INT64_MAX, used_hi = -1;
-    for (size_t r = 0; r < rows->m; r++) {
-        if (lo[r] > hi[r])
-            continue;
-        used_lo = lo[r] < used_lo ? lo[r] : used_lo;
-        used_hi = hi[r] > used_hi ? hi[r] : used_hi;
-    }
-    if (used_hi < 0)
-        return; /* no row takes any key here */
-    if (keys->v16 != NULL)
-        used_lo -= used_lo % 2; /* bf16 value rows start on even keys; s is 0 there */
-    scores(uk, rows, keys, first_panel, np, s, lds);
-    uk->softmax(rows->m, (size_t)(np * NSA_PANEL), lo, hi, s, lds, state->max, state->sum,
-                rows->dv, state->acc, state->ldacc);
-    for (int64_t j = used_lo; j <= used_hi; j += PV_STEP) {
-        int64_t count = used_hi + 1 - j < PV_STEP ? used_hi + 1 - j : PV_STEP;
-        accumulate(uk, rows, keys, first_key + j, count, s + j, lds, state);
-    }
+    nsa_used_keys used;
+    if (nsa_attend_probabilities(uk, rows, keys, first_panel, np, lo, hi, s, lds, state, &used))
+        nsa_attend_values(uk, rows, keys, first_panel, &used, s, lds, state);
 }
 
 void nsa_attend_keys(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,

@@ -51,6 +51,23 @@ void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_key
                      int64_t first_panel, int64_t np, const int32_t *lo, const int32_t *hi,
                      float *s, size_t lds, const nsa_softmax_state *state);
 
+/* The same step in two halves, which may run on different threads: the
+ * scores and the softmax (the maxima and sums of state, and s) and then the
+ * values (the accumulators). The keys some row uses, from the first panel's
+ * key 0, pass from one to the other. */
+typedef struct nsa_used_keys {
+    int64_t first, last;
+} nsa_used_keys;
+
+/* Returns 0, touching nothing, when no row takes a key of the span. */
+int nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
+                             const nsa_keys *keys, int64_t first_panel, int64_t np,
+                             const int32_t *lo, const int32_t *hi, float *s, size_t lds,
+                             const nsa_softmax_state *state, nsa_used_keys *used);
+void nsa_attend_values(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
+                       int64_t first_panel, const nsa_used_keys *used, const float *s,
+                       size_t lds, const nsa_softmax_state *state);
+
 /* Attention of the rows to keys [first, last], row r limited to
  * [row_first[r], row_last[r]] (empty when row_first > row_last), in steps of
  * NSA_ATTEND_CHUNK keys. s holds m * NSA_ATTEND_CHUNK floats; lo and hi m

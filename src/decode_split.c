@@ -10,17 +10,20 @@
  * do not depend on the number of workers, so neither do the results.
  *
  * A step is short (tens of microseconds), so it is one eager pool run with
- * no barrier: a fixed list of items — every tile's compressed units (the
- * last to finish merges their maxima and sums), its selection (head sums
- * of one compressed unit each, which also score and rank the blocks inside
- * that unit, then the choice among the units' best), the merges of the
- * compressed accumulators (one row each), its window units, slots for its
- * selected blocks, and its gate items of one row each — is handed out in
- * order, and an item that needs earlier ones waits on the tile's counters.
- * The accumulator merges and window units come after the choice, the one
- * serial step, so that the workers it leaves idle take them. Items are
- * taken in order and only wait on earlier items, so some worker always
- * makes progress; workers that wake late find the list empty.
+ * no barrier: a fixed list of items is handed out in order, and an item
+ * that needs earlier ones waits on the tile's counters. Per tile: the
+ * compressed units' scores (the last to finish merges their maxima and
+ * sums); the window units; the selection (head sums of one compressed unit
+ * each, which also score and rank the blocks inside that unit, then the
+ * choice among the units' best); the compressed units' values; slots for
+ * the selected blocks; the merges of the compressed accumulators and the
+ * gates, one row each. The scores come first because the selection needs
+ * them, and a unit's values apart from its scores because nothing needs
+ * them before the merges: the window units fill the time between the first
+ * and the last unit's scores, and the values the time the choice, the one
+ * serial step, leaves the other workers. Items are taken in order and only
+ * wait on earlier items, so some worker always makes progress; workers
+ * that wake late find the list empty.
  * The buffers live in the context's kept workspace: repeated steps neither
  * allocate nor fault pages.
  */
@@ -42,6 +45,8 @@ typedef struct split_unit {
     int branch;
     int64_t first, last; /* keys: compressed keys for CMP, raw keys otherwise */
     nsa_softmax_state state;
+    nsa_used_keys used; /* CMP: the keys its rows take, from its scores to its values */
+    int has_keys;       /* CMP: some row takes a key of the unit */
 } split_unit;
 
 typedef struct split_tile {
@@ -65,20 +70,25 @@ typedef struct split_tile {
     nsa_softmax_state merged[3];
     /* Items still to finish before the next step of the tile may start. */
     atomic_int_fast64_t cmp_left;     /* compressed units: the last merges maxima and sums */
-    atomic_int_fast64_t merge_left;   /* that merge: then head sums and accumulator merges */
+    atomic_int_fast64_t merge_left;   /* that merge: then head sums and compressed values */
+    atomic_int_fast64_t value_left;   /* compressed values: then accumulator merges */
     atomic_int_fast64_t sum_left;     /* head sums: then choose */
     atomic_int_fast64_t select_left;  /* the choice: then selected blocks */
     atomic_int_fast64_t raw_left;     /* accumulator merges, window units, slots: then gate */
 } split_tile;
 
-/* The steps of a tile, in the order the items list them. */
-enum { ITEM_UNIT, ITEM_SUM, ITEM_CHOOSE, ITEM_MERGE, ITEM_SLOT, ITEM_GATE };
+/* The kinds of item, in the order the list holds them (list_items). */
+enum {
+    ITEM_SCORES, ITEM_WINDOW, ITEM_SUM, ITEM_CHOOSE, ITEM_VALUES, ITEM_SLOT, ITEM_MERGE,
+    ITEM_GATE, ITEM_KINDS
+};
 
 typedef struct split_item {
     int kind;
     int64_t tile;
-    /* ITEM_UNIT: the unit; ITEM_MERGE, ITEM_GATE: the tile's row;
-     * ITEM_SUM: the tile's compressed unit; ITEM_SLOT: the tile's slot */
+    /* ITEM_SCORES, ITEM_VALUES, ITEM_WINDOW: the unit; ITEM_SUM: the
+     * tile's compressed unit; ITEM_SLOT: the tile's slot; ITEM_MERGE,
+     * ITEM_GATE: the tile's row */
     int64_t index;
 } split_item;
 
@@ -99,10 +109,10 @@ static int64_t ceil_div(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-/* Worker scratch: a chunk of scores, row limits and the head sum's row
- * weights. */
+/* Worker scratch: a chunk of scores, row limits, and the head sum's row
+ * weights and run of p_sum. */
 typedef struct worker_scratch {
-    float *s, *weight;
+    float *s, *weight, *edge;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
 } worker_scratch;
@@ -116,6 +126,8 @@ static size_t worker_scratch_carve(const split_run *run, char *base, worker_scra
     worker_scratch ws;
     ws.s = nsa_carve(&c, m * NSA_ATTEND_CHUNK * sizeof(float));
     ws.weight = nsa_carve(&c, (size_t)run->plan->group_size * sizeof(float));
+    ws.edge = nsa_carve(&c, (size_t)(nsa_block_lead(&run->plan->cfg) + NSA_SPLIT_CMP_KEYS) *
+                                sizeof(float));
     ws.lo = nsa_carve(&c, m * sizeof(int32_t));
     ws.hi = nsa_carve(&c, m * sizeof(int32_t));
     ws.row_first = nsa_carve(&c, m * sizeof(int64_t));
@@ -134,12 +146,11 @@ static nsa_rows tile_rows(const split_run *run, const split_tile *t)
 
 /* ---------------------------------------------------- units: attention -- */
 
-static void compressed_unit(const split_run *run, const split_unit *u, worker_scratch *w)
+/* Row limits of compressed unit u in w->lo, w->hi. */
+static void compressed_limits(const split_run *run, const split_unit *u, worker_scratch *w)
 {
     const split_tile *t = &run->tiles[u->tile];
     const nsa_plan *plan = run->plan;
-    const nsa_rows rows = tile_rows(run, t);
-    const nsa_keys keys = t->tile.compressed;
     for (int64_t tq = 0; tq < t->tile.count; tq++) {
         const int64_t nc = nsa_visible_compressed(&plan->cfg, t->tile.first + tq, t->tile.len);
         const int64_t last = nc - 1 < u->last ? nc - 1 : u->last;
@@ -148,9 +159,28 @@ static void compressed_unit(const split_run *run, const split_unit *u, worker_sc
             w->hi[r] = last >= u->first ? (int32_t)(last - u->first) : 0;
         }
     }
-    nsa_attend_span(&plan->kernels, &rows, &keys, u->first / NSA_PANEL,
-                    ceil_div(u->last - u->first + 1, NSA_PANEL), w->lo, w->hi,
-                    t->s + u->first, t->lds, &u->state);
+}
+
+/* A compressed unit's scores and softmax: what the selection needs. */
+static void compressed_scores(const split_run *run, split_unit *u, worker_scratch *w)
+{
+    const split_tile *t = &run->tiles[u->tile];
+    const nsa_rows rows = tile_rows(run, t);
+    compressed_limits(run, u, w);
+    u->has_keys = nsa_attend_probabilities(
+        &run->plan->kernels, &rows, &t->tile.compressed, u->first / NSA_PANEL,
+        ceil_div(u->last - u->first + 1, NSA_PANEL), w->lo, w->hi, t->s + u->first, t->lds,
+        &u->state, &u->used);
+}
+
+/* Its values, which nothing waits for until the accumulator merges. */
+static void compressed_values(const split_run *run, const split_unit *u)
+{
+    const split_tile *t = &run->tiles[u->tile];
+    const nsa_rows rows = tile_rows(run, t);
+    if (u->has_keys)
+        nsa_attend_values(&run->plan->kernels, &rows, &t->tile.compressed,
+                          u->first / NSA_PANEL, &u->used, t->s + u->first, t->lds, &u->state);
 }
 
 static void raw_unit(const split_run *run, const split_unit *u, worker_scratch *w)
@@ -169,13 +199,13 @@ static void raw_unit(const split_run *run, const split_unit *u, worker_scratch *
                     w->row_last, &u->state, w->s, w->lo, w->hi);
 }
 
-static void run_unit(const split_run *run, const split_unit *u, worker_scratch *w)
+static void run_unit(const split_run *run, split_unit *u, worker_scratch *w)
 {
     nsa_softmax_state_reset(&u->state, run->tiles[u->tile].m, (size_t)run->plan->cfg.head_dim_v);
-    if (u->branch == CMP)
-        compressed_unit(run, u, w);
-    else
+    if (u->branch != CMP)
         raw_unit(run, u, w);
+    else
+        compressed_scores(run, u, w);
 }
 
 /* ------------------------------------------------------ tiles: merging -- */
@@ -213,40 +243,66 @@ static void merge_acc(const split_run *run, const split_tile *t, int branch, siz
                                 acc);
 }
 
-/* The part of every query's p_sum (spec Eq. 9's sum over the group's heads
- * of the normalised compressed probabilities) that compressed unit u
- * covers: the G rows' probabilities weighted by their merge factor over
- * their total, summed with one pool; then the scores of the blocks that
- * read only that part, and the best of them. */
-static void head_sum(const split_run *run, split_tile *t, int64_t u, float *weight)
+/* The compressed tokens [*first, *last] whose blocks head sum u of a query
+ * with nc visible tokens ranks: the unit's own and, when the unit before
+ * holds them, the lead tokens before them, which the blocks straddling the
+ * two units read. */
+static void sum_tokens(const split_run *run, const split_tile *t, int64_t u, int64_t nc,
+                       int64_t *first, int64_t *last)
 {
-    const nsa_plan *plan = run->plan;
-    const int64_t g = plan->group_size;
+    const split_unit *units = run->units + t->units[CMP];
+    const int64_t lead = nsa_block_lead(&run->plan->cfg);
+    *first = units[u].first;
+    if (u > 0 && units[u].first - lead >= units[u - 1].first)
+        *first -= lead;
+    *last = units[u].last < nc ? units[u].last : nc - 1;
+}
+
+/* p_sum (spec Eq. 9's sum over the group's heads of the normalised
+ * compressed probabilities) of query tq over compressed tokens [first,
+ * last] of unit u into p: the G rows' probabilities weighted by their
+ * merge factor over their total, summed with one pool. */
+static void pool_heads(const split_run *run, const split_tile *t, int64_t tq, int64_t u,
+                       int64_t first, int64_t last, float *weight, float *p)
+{
+    const int64_t g = run->plan->group_size;
+    for (int64_t r = 0; r < g; r++) {
+        const size_t row = (size_t)(tq * g + r);
+        const float total = t->merged[CMP].sum[row];
+        weight[r] = total > 0.0f ? t->factor[row * t->ldf + (size_t)u] / total : 0.0f;
+    }
+    run->plan->kernels.pool((size_t)g, (size_t)(last - first + 1), weight,
+                            t->s + (size_t)(tq * g) * t->lds + first, t->lds, p);
+}
+
+/* Head sum u: every query's p_sum over compressed unit u, then the scores
+ * of the blocks that read only its tokens and the lead ones before them
+ * (pooled again here from the unit before, so that no block is left to
+ * the choice), and the best of them. */
+static void head_sum(const split_run *run, split_tile *t, int64_t u, worker_scratch *w)
+{
+    const nsa_config *cfg = &run->plan->cfg;
     const split_unit *unit = &run->units[t->units[CMP] + u];
     for (int64_t tq = 0; tq < t->tile.count; tq++) {
-        const int64_t nc = nsa_visible_compressed(&plan->cfg, t->tile.first + tq, t->tile.len);
+        const int64_t nc = nsa_visible_compressed(cfg, t->tile.first + tq, t->tile.len);
         if (unit->first >= nc)
             continue;
-        for (int64_t r = 0; r < g; r++) {
-            const size_t row = (size_t)(tq * g + r);
-            const float total = t->merged[CMP].sum[row];
-            weight[r] = total > 0.0f ? t->factor[row * t->ldf + (size_t)u] / total : 0.0f;
-        }
-        const int64_t first = unit->first, last = unit->last < nc ? unit->last : nc - 1;
-        float *p_sum = t->p_sum + (size_t)tq * t->lds;
-        plan->kernels.pool((size_t)g, (size_t)(last - first + 1), weight,
-                           t->s + (size_t)(tq * g) * t->lds + first, t->lds, p_sum + first);
-        /* The blocks whose scores need only this run of p_sum. */
-        int64_t j0, j1;
-        nsa_blocks_within(&plan->cfg, first, last, nc,
-                          nsa_candidate_blocks(&plan->cfg, t->tile.first + tq, t->tile.len),
-                          &j0, &j1);
+        int64_t first, last, j0, j1;
+        sum_tokens(run, t, u, nc, &first, &last);
+        float *p_sum = t->p_sum + (size_t)tq * t->lds, *edge = w->edge;
+        pool_heads(run, t, tq, u, unit->first, last, w->weight, p_sum + unit->first);
+        if (first < unit->first)
+            pool_heads(run, t, tq, u - 1, first, unit->first - 1, w->weight, edge);
+        memcpy(edge + (unit->first - first), p_sum + unit->first,
+               (size_t)(last - unit->first + 1) * sizeof(float));
+        const int64_t candidates = nsa_candidate_blocks(cfg, t->tile.first + tq, t->tile.len);
+        nsa_blocks_within(cfg, first, last, nc, candidates, &j0, &j1);
         float *score = t->score + (size_t)tq * t->ld_score;
-        nsa_block_scores(&plan->cfg, p_sum, nc, score, j0, j1);
+        nsa_block_scores(cfg, edge, first, nc, score, j0, j1);
         const size_t best = (size_t)(tq * t->unit_count[CMP] + u);
-        t->unit_best_count[best] = nsa_rank_blocks(
-            &plan->cfg, score, j0, j1, (t->tile.first + tq) / plan->cfg.sel_block,
-            plan->cfg.sel_count, t->unit_best + best * (size_t)plan->cfg.sel_count, 0);
+        t->unit_best_count[best] =
+            nsa_rank_blocks(cfg, score, j0, j1, (t->tile.first + tq) / cfg->sel_block,
+                            cfg->sel_count, t->unit_best + best * (size_t)cfg->sel_count, 0);
     }
 }
 
@@ -265,8 +321,8 @@ static void add_units(split_run *run, split_tile *t, int branch, int64_t first, 
 }
 
 /* Query tq's blocks: the forced ones, then the best of the blocks the head
- * sums ranked (each unit's best) and of those they left (the blocks whose
- * scores read two units' tokens), which are scored here. */
+ * sums ranked (each unit's best) and of any they left (blocks reading more
+ * than two units' tokens, with units shorter than a block), scored here. */
 static void choose_query(const split_run *run, split_tile *t, int64_t tq, int32_t *blocks)
 {
     const nsa_config *cfg = &run->plan->cfg;
@@ -283,11 +339,11 @@ static void choose_query(const split_run *run, split_tile *t, int64_t tq, int32_
     int32_t have = 0;
     int64_t next = 0; /* blocks below are ranked */
     for (int64_t u = 0; u < t->unit_count[CMP] && units[u].first < nc; u++) {
-        int64_t j0, j1;
-        nsa_blocks_within(cfg, units[u].first, units[u].last < nc ? units[u].last : nc - 1, nc,
-                          candidates, &j0, &j1);
+        int64_t first, last, j0, j1;
+        sum_tokens(run, t, u, nc, &first, &last);
+        nsa_blocks_within(cfg, first, last, nc, candidates, &j0, &j1);
         if (j0 > next) {
-            nsa_block_scores(cfg, p_sum, nc, score, next, j0);
+            nsa_block_scores(cfg, p_sum, 0, nc, score, next, j0);
             have = nsa_rank_blocks(cfg, score, next, j0, query_block, want, best, have);
         }
         const size_t list = (size_t)(tq * t->unit_count[CMP] + u);
@@ -295,7 +351,7 @@ static void choose_query(const split_run *run, split_tile *t, int64_t tq, int32_
                               best, have);
         next = j1 > next ? j1 : next;
     }
-    nsa_block_scores(cfg, p_sum, nc, score, next, candidates);
+    nsa_block_scores(cfg, p_sum, 0, nc, score, next, candidates);
     have = nsa_rank_blocks(cfg, score, next, candidates, query_block, want, best, have);
     nsa_finish_selection(cfg, forced, best, have, blocks);
 }
@@ -341,26 +397,21 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
 {
     split_tile *t = &run->tiles[it->tile];
     switch (it->kind) {
-    case ITEM_UNIT: {
-        const split_unit *u = &run->units[it->index];
-        run_unit(run, u, w);
-        if (u->branch != CMP) {
-            nsa_count_down(&t->raw_left);
-        } else if (nsa_count_down(&t->cmp_left)) { /* the last one */
+    case ITEM_SCORES:
+        run_unit(run, &run->units[it->index], w);
+        if (nsa_count_down(&t->cmp_left)) { /* the last one */
             for (size_t r = 0; r < t->m; r++)
                 merge_scalars(run, t, CMP, r);
             nsa_count_down(&t->merge_left);
         }
         break;
-    }
-    case ITEM_MERGE:
-        nsa_wait_zero(&t->merge_left);
-        merge_acc(run, t, CMP, (size_t)it->index);
+    case ITEM_WINDOW:
+        run_unit(run, &run->units[it->index], w);
         nsa_count_down(&t->raw_left);
         break;
     case ITEM_SUM:
         nsa_wait_zero(&t->merge_left);
-        head_sum(run, t, it->index, w->weight);
+        head_sum(run, t, it->index, w);
         nsa_count_down(&t->sum_left);
         break;
     case ITEM_CHOOSE:
@@ -368,10 +419,20 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
         choose_tile(run, t);
         nsa_count_down(&t->select_left);
         break;
+    case ITEM_VALUES:
+        nsa_wait_zero(&t->merge_left); /* every unit's scores are in */
+        compressed_values(run, &run->units[it->index]);
+        nsa_count_down(&t->value_left);
+        break;
     case ITEM_SLOT:
         nsa_wait_zero(&t->select_left);
         if (it->index < t->unit_count[SLC])
             run_unit(run, &run->units[t->units[SLC] + it->index], w);
+        nsa_count_down(&t->raw_left);
+        break;
+    case ITEM_MERGE:
+        nsa_wait_zero(&t->value_left);
+        merge_acc(run, t, CMP, (size_t)it->index);
         nsa_count_down(&t->raw_left);
         break;
     default:
@@ -416,10 +477,10 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         int64_t bounds[3];
         unit_bounds(plan, &tiles[i], bounds);
         units += (size_t)(bounds[CMP] + bounds[SLC] + bounds[SWA]);
-        /* units, a merge and a gate per row, a head sum per compressed
-         * unit, the choice */
+        /* units, a merge and a gate per row, a head sum and values per
+         * compressed unit, the choice */
         const int64_t rows = tiles[i].count * plan->group_size;
-        items += (size_t)(2 * bounds[CMP] + bounds[SLC] + bounds[SWA] + 2 * rows + 1);
+        items += (size_t)(3 * bounds[CMP] + bounds[SLC] + bounds[SWA] + 2 * rows + 1);
     }
     run->tiles = nsa_carve(&c, (size_t)run->num_tiles * sizeof *run->tiles);
     run->units = nsa_carve(&c, units * sizeof *run->units);
@@ -483,6 +544,27 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
     return c.used;
 }
 
+/* Appends tile i's items of one kind at n; returns the new count. */
+static int64_t list_tile_items(split_run *run, int64_t i, int kind, int64_t n)
+{
+    const split_tile *t = &run->tiles[i];
+    int64_t count = (int64_t)t->m, first = 0; /* items index first .. first + count - 1 */
+    if (kind == ITEM_SCORES || kind == ITEM_VALUES || kind == ITEM_SUM) {
+        count = t->unit_count[CMP];
+        first = kind == ITEM_SUM ? 0 : t->units[CMP];
+    } else if (kind == ITEM_WINDOW) {
+        count = t->unit_count[SWA];
+        first = t->units[SWA];
+    } else if (kind == ITEM_CHOOSE) {
+        count = 1;
+    } else if (kind == ITEM_SLOT) {
+        count = t->slots;
+    }
+    for (int64_t k = 0; k < count; k++)
+        run->items[n++] = (split_item){kind, i, first + k};
+    return n;
+}
+
 /* Packs each tile's queries, lists its compressed and window units, sets
  * its counters, and writes the run's items; returns how many. */
 static int64_t list_items(split_run *run)
@@ -510,6 +592,7 @@ static int64_t list_items(split_run *run)
         add_units(run, t, SWA, first - first % NSA_PANEL, last, NSA_ATTEND_CHUNK);
         atomic_init(&t->cmp_left, t->unit_count[CMP]);
         atomic_init(&t->merge_left, t->unit_count[CMP] > 0);
+        atomic_init(&t->value_left, t->unit_count[CMP]);
         if (t->unit_count[CMP] == 0) /* no unit will merge them */
             for (size_t r = 0; r < t->m; r++)
                 merge_scalars(run, t, CMP, r);
@@ -517,32 +600,16 @@ static int64_t list_items(split_run *run)
         atomic_init(&t->select_left, 1);
         atomic_init(&t->raw_left, (int64_t)t->m + t->unit_count[SWA] + t->slots);
     }
-    /* The selection (head sums, choice) comes right after the compressed
-     * units, and the accumulator merges and window units after it: workers
-     * that the selection leaves idle take them. */
+    /* Each kind of item for every tile, in this order: the compressed
+     * units' scores; the window units, which need nothing, for the workers
+     * that finish those early; the selection (head sums, then the choice);
+     * the compressed units' values, which nothing waits for until the
+     * merges, for the workers that the choice leaves idle; the selected
+     * slots; the merges; the gates. */
     int64_t n = 0;
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
-            run->items[n++] = (split_item){ITEM_UNIT, i, run->tiles[i].units[CMP] + u};
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int64_t u = 0; u < run->tiles[i].unit_count[CMP]; u++)
-            run->items[n++] = (split_item){ITEM_SUM, i, u};
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        run->items[n++] = (split_item){ITEM_CHOOSE, i, 0};
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int64_t k = 0; k < (int64_t)run->tiles[i].m; k++)
-            run->items[n++] = (split_item){ITEM_MERGE, i, k};
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int64_t u = 0; u < run->tiles[i].unit_count[SWA]; u++)
-            run->items[n++] = (split_item){ITEM_UNIT, i, run->tiles[i].units[SWA] + u};
-    for (int64_t i = 0; i < run->num_tiles; i++)
-        for (int64_t k = 0; k < run->tiles[i].slots; k++)
-            run->items[n++] = (split_item){ITEM_SLOT, i, k};
-    for (int64_t i = 0; i < run->num_tiles; i++) {
-        const split_tile *t = &run->tiles[i];
-        for (int64_t k = 0; k < (int64_t)t->m; k++)
-            run->items[n++] = (split_item){ITEM_GATE, i, k};
-    }
+    for (int kind = 0; kind < ITEM_KINDS; kind++)
+        for (int64_t i = 0; i < run->num_tiles; i++)
+            n = list_tile_items(run, i, kind, n);
     return n;
 }
 

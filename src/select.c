@@ -12,8 +12,13 @@
  * k = 0 .. taps - 1 tokens reaching into it; these many are kept at hand. */
 enum { MAX_KEPT_TAPS = 64 };
 
-void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, float *score,
-                      int64_t first_block, int64_t end_block)
+int64_t nsa_block_lead(const nsa_config *cfg)
+{
+    return cfg->cmp_block / cfg->cmp_stride - 1;
+}
+
+void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t origin, int64_t nc,
+                      float *score, int64_t first_block, int64_t end_block)
 {
     /* omega(i, J) depends only on i's place in block J's span: with
      * stride = l'/d and lead = l/d - 1 (tokens reaching in from the block
@@ -21,7 +26,7 @@ void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, flo
      * k = 0 .. stride + lead - 1, with the same weights for every J. */
     /* In units of d: a window is `width` long, a block `stride`. */
     const int64_t width = cfg->cmp_block / cfg->cmp_stride;
-    const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = width - 1;
+    const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = nsa_block_lead(cfg);
     const int64_t taps = stride + lead;
     float kept[MAX_KEPT_TAPS];
     for (int64_t k = 0; k < taps && k < MAX_KEPT_TAPS; k++) {
@@ -31,17 +36,18 @@ void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, flo
     }
     for (int64_t j = first_block; j < end_block; j++) {
         const int64_t base = j * stride - lead;
+        const int64_t at = base - origin; /* p_sum[at + k]: token base + k */
         const int64_t k0 = base < 0 ? -base : 0;
         const int64_t k1 = nc - base < taps ? nc - base : taps; /* one past */
         float total = 0.0f;
         if (taps <= MAX_KEPT_TAPS) {
             for (int64_t k = k0; k < k1; k++)
-                total += p_sum[base + k] * kept[k];
+                total += p_sum[at + k] * kept[k];
         } else {
             for (int64_t k = k0; k < k1; k++) {
                 const int64_t start = k - lead;
                 const int64_t end = start + width < stride ? start + width : stride;
-                total += p_sum[base + k] * (float)(end - (start > 0 ? start : 0));
+                total += p_sum[at + k] * (float)(end - (start > 0 ? start : 0));
             }
         }
         score[j] = total;
@@ -132,11 +138,18 @@ int32_t nsa_rank_merge(const nsa_ranked *from, int32_t count, int32_t want, nsa_
 int32_t nsa_forced_blocks(const nsa_config *cfg, int64_t num_candidates, int64_t query_block,
                           int32_t *selected)
 {
+    /* The initial blocks, then the local ones above them: ascending, and
+     * without a scan over every candidate. */
     const int64_t target = num_candidates < cfg->sel_count ? num_candidates : cfg->sel_count;
+    const int64_t init_end = cfg->sel_init < num_candidates ? cfg->sel_init : num_candidates;
+    int64_t local_first = query_block - cfg->sel_local + 1;
+    const int64_t local_last = query_block < num_candidates - 1 ? query_block : num_candidates - 1;
+    local_first = local_first > init_end ? local_first : init_end;
     int32_t count = 0;
-    for (int64_t j = 0; j < num_candidates && count < target; j++)
-        if (is_forced(cfg, j, query_block))
-            selected[count++] = (int32_t)j;
+    for (int64_t j = 0; j < init_end && count < target; j++)
+        selected[count++] = (int32_t)j;
+    for (int64_t j = local_first; j <= local_last && count < target; j++)
+        selected[count++] = (int32_t)j;
     return count;
 }
 

@@ -10,13 +10,19 @@
 
 #include "nsa.h"
 
-/* score[J], first_block <= J < end_block, from p_sum[i] = sum over the G
- * heads of the compressed-branch probability of compressed token i
- * (i < nc): each compressed token adds p_sum[i] * |window_i ∩ block_J| / d
- * to the (at most two) blocks its window overlaps. Each score is computed
- * the same way whichever range it is asked in. */
-void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t nc, float *score,
-                      int64_t first_block, int64_t end_block);
+/* score[J], first_block <= J < end_block, from the sum over the G heads of
+ * the compressed-branch probability of each compressed token i < nc, held
+ * in p_sum[i - origin]: each compressed token adds that sum times
+ * |window_i ∩ block_J| / d to the (at most two) blocks its window overlaps.
+ * Reads only the tokens those blocks overlap, none below origin if none of
+ * the blocks starts before origin + nsa_block_lead(cfg). Each score is
+ * computed the same way whichever range it is asked in. */
+void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t origin, int64_t nc,
+                      float *score, int64_t first_block, int64_t end_block);
+
+/* Compressed tokens before block J's first one whose windows reach into J:
+ * l/d - 1. */
+int64_t nsa_block_lead(const nsa_config *cfg);
 
 /* The blocks J < num_blocks whose scores read no compressed token outside
  * [first, last] (last <= nc - 1, tokens past nc - 1 being read by none):

@@ -122,7 +122,8 @@ static void choose_from_sum(const nsa_plan *plan, int64_t pos, int64_t len, cons
 {
     const nsa_config *cfg = &plan->cfg;
     const int64_t candidates = nsa_candidate_blocks(cfg, pos, len);
-    nsa_block_scores(cfg, p_sum, nsa_visible_compressed(cfg, pos, len), t->score, 0, candidates);
+    nsa_block_scores(cfg, p_sum, 0, nsa_visible_compressed(cfg, pos, len), t->score, 0,
+                     candidates);
     nsa_select_blocks(cfg, t->score, candidates, pos / cfg->sel_block, t->ranked, blocks);
 }
 

@@ -56,10 +56,16 @@ static void test_piecewise_scores_equal_whole(void **state)
             tu_fill_uniform(&rng, p_sum, nc, 0.0, 1.0);
             for (int64_t j = 0; j < blocks; j++)
                 parts[j] = NAN;
-            nsa_block_scores(&cfg, p_sum, nc, whole, 0, blocks);
+            nsa_block_scores(&cfg, p_sum, 0, nc, whole, 0, blocks);
+            /* As the split decode does it: each run's blocks, with the
+             * lead tokens of the run before, from a copy of just those
+             * tokens (origin = the copy's first token); the rest from the
+             * whole array. */
+            const int64_t lead = nsa_block_lead(&cfg);
             int64_t next = 0;
-            for (int64_t first = 0; first < nc; first += run) {
-                const int64_t last = first + run - 1 < nc - 1 ? first + run - 1 : nc - 1;
+            for (int64_t start = 0; start < nc; start += run) {
+                const int64_t first = start >= lead && lead <= run ? start - lead : start;
+                const int64_t last = start + run - 1 < nc - 1 ? start + run - 1 : nc - 1;
                 int64_t j0, j1;
                 nsa_blocks_within(&cfg, first, last, nc, blocks, &j0, &j1);
                 for (int64_t j = j0; j < j1; j++) {
@@ -67,12 +73,15 @@ static void test_piecewise_scores_equal_whole(void **state)
                     block_reads(&cfg, j, nc, &lo, &hi);
                     assert_true(lo > hi || (lo >= first && hi <= last));
                 }
-                nsa_block_scores(&cfg, p_sum, nc, parts, j0, j1);
+                float *copy = tu_xcalloc((size_t)(last - first + 1), sizeof(float));
+                memcpy(copy, p_sum + first, (size_t)(last - first + 1) * sizeof(float));
+                nsa_block_scores(&cfg, copy, first, nc, parts, j0, j1);
+                free(copy);
                 if (j0 > next)
-                    nsa_block_scores(&cfg, p_sum, nc, parts, next, j0);
+                    nsa_block_scores(&cfg, p_sum, 0, nc, parts, next, j0);
                 next = j1 > next ? j1 : next;
             }
-            nsa_block_scores(&cfg, p_sum, nc, parts, next, blocks);
+            nsa_block_scores(&cfg, p_sum, 0, nc, parts, next, blocks);
             assert_memory_equal(whole, parts, (size_t)blocks * sizeof(float));
             free(p_sum);
             free(whole);
