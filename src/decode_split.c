@@ -62,6 +62,7 @@ typedef struct split_tile {
     size_t ld_score;
     nsa_ranked *unit_best;    /* [count][compressed units][n]: each unit's best blocks */
     int32_t *unit_best_count; /* [count][compressed units] */
+    atomic_int *sum_taken;    /* [compressed units]: a worker does head sum u */
     nsa_ranked *best;         /* [count][n]: the choice's candidates */
     int32_t *blocks;       /* [count][n] chosen by each query */
     int32_t *union_blocks; /* [count * n] their union */
@@ -115,6 +116,7 @@ typedef struct worker_scratch {
     float *s, *weight, *edge;
     int32_t *lo, *hi;
     int64_t *row_first, *row_last;
+    int64_t scored_tile, scored_unit; /* the compressed unit it scored last, or -1 */
 } worker_scratch;
 
 /* Lays out one worker's scratch from base (NULL: only sizes it); returns
@@ -392,6 +394,25 @@ static void gate_row(const split_run *run, split_tile *t, size_t r)
                            t->tile.out + tq * t->tile.out_stride + head * dv);
 }
 
+/* The head sum a head-sum item does: the one over the unit this worker
+ * scored, whose probabilities are still in its cache, unless another worker
+ * has taken it; else the first one left from the item's index on. Each of
+ * the tile's head-sum items claims a different one. */
+static int64_t claim_sum(split_tile *t, const split_item *it, const worker_scratch *w)
+{
+    const int64_t count = t->unit_count[CMP];
+    int expected = 0;
+    if (w->scored_tile == it->tile &&
+        atomic_compare_exchange_strong(&t->sum_taken[w->scored_unit], &expected, 1))
+        return w->scored_unit;
+    for (int64_t k = 0;; k++) { /* as many items as head sums: one is left */
+        const int64_t u = (it->index + k) % count;
+        expected = 0;
+        if (atomic_compare_exchange_strong(&t->sum_taken[u], &expected, 1))
+            return u;
+    }
+}
+
 /* Runs one item, first waiting for the items it needs. */
 static void run_item(split_run *run, const split_item *it, worker_scratch *w)
 {
@@ -399,6 +420,8 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
     switch (it->kind) {
     case ITEM_SCORES:
         run_unit(run, &run->units[it->index], w);
+        w->scored_tile = it->tile;
+        w->scored_unit = it->index - t->units[CMP];
         if (nsa_count_down(&t->cmp_left)) { /* the last one */
             for (size_t r = 0; r < t->m; r++)
                 merge_scalars(run, t, CMP, r);
@@ -411,7 +434,7 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
         break;
     case ITEM_SUM:
         nsa_wait_zero(&t->merge_left);
-        head_sum(run, t, it->index, w);
+        head_sum(run, t, claim_sum(t, it, w), w);
         nsa_count_down(&t->sum_left);
         break;
     case ITEM_CHOOSE:
@@ -447,6 +470,7 @@ static void split_worker(void *arg, int32_t worker, int32_t num_workers)
     split_run *run = arg;
     worker_scratch w;
     worker_scratch_carve(run, run->scratch + (size_t)worker * run->scratch_bytes, &w);
+    w.scored_tile = w.scored_unit = -1;
     (void)num_workers;
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;)
         run_item(run, &run->items[i], &w);
@@ -508,6 +532,7 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         nsa_ranked *unit_best =
             nsa_carve(&c, best_lists * (size_t)cfg->sel_count * sizeof(nsa_ranked));
         int32_t *unit_best_count = nsa_carve(&c, best_lists * sizeof(int32_t));
+        atomic_int *sum_taken = nsa_carve(&c, (size_t)bounds[CMP] * sizeof(atomic_int));
         nsa_ranked *best = nsa_carve(&c, n * sizeof(nsa_ranked));
         int32_t *blocks = nsa_carve(&c, n * sizeof(int32_t));
         int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
@@ -517,6 +542,7 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
                               .lds = lds, .factor = factor, .ldf = (size_t)most,
                               .p_sum = p_sum, .score = score, .ld_score = ld_score,
                               .unit_best = unit_best, .unit_best_count = unit_best_count,
+                              .sum_taken = sum_taken,
                               .best = best,
                               .blocks = blocks,
                               .union_blocks = union_blocks, .slots = bounds[SLC]};
@@ -597,6 +623,8 @@ static int64_t list_items(split_run *run)
             for (size_t r = 0; r < t->m; r++)
                 merge_scalars(run, t, CMP, r);
         atomic_init(&t->sum_left, t->unit_count[CMP]);
+        for (int64_t u = 0; u < t->unit_count[CMP]; u++)
+            atomic_init(&t->sum_taken[u], 0);
         atomic_init(&t->select_left, 1);
         atomic_init(&t->raw_left, (int64_t)t->m + t->unit_count[SWA] + t->slots);
     }
