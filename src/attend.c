@@ -52,10 +52,10 @@ static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_k
                     state->acc, state->ldacc);
 }
 
-int nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
-                             const nsa_keys *keys, int64_t first_panel, int64_t np,
-                             const int32_t *lo, const int32_t *hi, float *s, size_t lds,
-                             const nsa_softmax_state *state, nsa_used_keys *used)
+void nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
+                              const nsa_keys *keys, int64_t first_panel, int64_t np,
+                              const int32_t *lo, const int32_t *hi, float *s, size_t lds,
+                              const nsa_softmax_state *state, nsa_used_keys *used)
 {
     used->first = INT64_MAX;
     used->last = -1;
@@ -66,13 +66,12 @@ int nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
         used->last = hi[r] > used->last ? hi[r] : used->last;
     }
     if (used->last < 0)
-        return 0; /* no row takes any key here */
+        return; /* no row takes any key here */
     if (keys->v16 != NULL)
         used->first -= used->first % 2; /* bf16 value rows start on even keys; s is 0 there */
     scores(uk, rows, keys, first_panel, np, s, lds);
     uk->softmax(rows->m, (size_t)(np * NSA_PANEL), lo, hi, s, lds, state->max, state->sum,
                 rows->dv, state->acc, state->ldacc);
-    return 1;
 }
 
 void nsa_attend_values(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
@@ -91,8 +90,8 @@ void nsa_attend_span(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_key
                      float *s, size_t lds, const nsa_softmax_state *state)
 {
     nsa_used_keys used;
-    if (nsa_attend_probabilities(uk, rows, keys, first_panel, np, lo, hi, s, lds, state, &used))
-        nsa_attend_values(uk, rows, keys, first_panel, &used, s, lds, state);
+    nsa_attend_probabilities(uk, rows, keys, first_panel, np, lo, hi, s, lds, state, &used);
+    nsa_attend_values(uk, rows, keys, first_panel, &used, s, lds, state);
 }
 
 void nsa_attend_keys(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,

@@ -59,11 +59,12 @@ typedef struct nsa_used_keys {
     int64_t first, last;
 } nsa_used_keys;
 
-/* Returns 0, touching nothing, when no row takes a key of the span. */
-int nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
-                             const nsa_keys *keys, int64_t first_panel, int64_t np,
-                             const int32_t *lo, const int32_t *hi, float *s, size_t lds,
-                             const nsa_softmax_state *state, nsa_used_keys *used);
+/* When no row takes a key of the span it touches nothing and leaves used
+ * empty (last < first), and nsa_attend_values then does nothing. */
+void nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
+                              const nsa_keys *keys, int64_t first_panel, int64_t np,
+                              const int32_t *lo, const int32_t *hi, float *s, size_t lds,
+                              const nsa_softmax_state *state, nsa_used_keys *used);
 void nsa_attend_values(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                        int64_t first_panel, const nsa_used_keys *used, const float *s,
                        size_t lds, const nsa_softmax_state *state);

@@ -46,11 +46,6 @@ static int64_t min64(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
-static int64_t panels_of(int64_t keys)
-{
-    return (keys + NSA_PANEL - 1) / NSA_PANEL;
-}
-
 static int64_t seq_start(const backward_run *run, int64_t b)
 {
     return run->call.batch->cu_seqlens[b];
@@ -93,7 +88,7 @@ static void prepare(const backward_run *run, const backward_item *it, float *scr
                  rows + it->first * dim, scratch);
     /* it->first is a multiple of PREPARE_TOKENS, so a panel boundary. */
     nsa_pack_panels(rows, (size_t)dim, run->c_offset[b + 1] - run->c_offset[b], dim,
-                    it->first / NSA_PANEL, panels_of(it->count),
+                    it->first / NSA_PANEL, nsa_panels_of(it->count),
                     backward_panels(run, is_k ? run->kcp : run->vcp, run->cp_offset, b, h, dim) +
                         it->first * dim);
 }
@@ -551,8 +546,8 @@ static nsa_status run_alloc(backward_run *run, int need_record, int32_t workers)
     for (int64_t b = 0; b < B; b++) {
         const int64_t len = seq_len(run, b), nc = nsa_num_compressed(cfg, len);
         run->c_offset[b + 1] = run->c_offset[b] + nc;
-        run->p_offset[b + 1] = run->p_offset[b] + panels_of(len);
-        run->cp_offset[b + 1] = run->cp_offset[b] + panels_of(nc);
+        run->p_offset[b + 1] = run->p_offset[b] + nsa_panels_of(len);
+        run->cp_offset[b + 1] = run->cp_offset[b] + nsa_panels_of(nc);
         run->b_offset[b + 1] = run->b_offset[b] + nsa_num_blocks(cfg, len);
     }
     const int64_t total_c = run->c_offset[B];

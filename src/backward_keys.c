@@ -331,7 +331,7 @@ void nsa_backward_compressed(const backward_run *run, const backward_item *it, f
     /* it->first is a multiple of NSA_GRAD_CMP_KEYS, so the span starts on a panel. */
     const key_span ks = {
         .seq = b, .head = h, .start = start, .len = len, .span0 = it->first,
-        .np = (it->count + NSA_PANEL - 1) / NSA_PANEL,
+        .np = nsa_panels_of(it->count),
         .kp = backward_panels(run, run->kcp, run->cp_offset, b, h, dkd) + it->first * dkd,
         .vp = backward_panels(run, run->vcp, run->cp_offset, b, h, dvd) + it->first * dvd,
         .own_first = 0,

@@ -101,11 +101,9 @@ static int store_counts(const nsa_config *cfg, nsa_dtype dtype, int64_t capacity
 {
     const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
     const int64_t compressed = nsa_num_compressed(cfg, capacity);
-    const int64_t panels = (capacity + NSA_PANEL - 1) / NSA_PANEL;
-    const int64_t panels_c = (compressed + NSA_PANEL - 1) / NSA_PANEL;
-    return nsa_checked_mul3(hkv, panels, panel_size(dtype, dk), &counts[K]) &&
+    return nsa_checked_mul3(hkv, nsa_panels_of(capacity), panel_size(dtype, dk), &counts[K]) &&
            nsa_checked_mul3(hkv, value_rows(dtype, capacity), dv, &counts[V]) &&
-           nsa_checked_mul3(hkv, panels_c, panel_size(dtype, dk), &counts[KC]) &&
+           nsa_checked_mul3(hkv, nsa_panels_of(compressed), panel_size(dtype, dk), &counts[KC]) &&
            nsa_checked_mul3(hkv, value_rows(dtype, compressed), dv, &counts[VC]);
 }
 
@@ -186,8 +184,8 @@ nsa_status nsa_cache_create(const nsa_plan *plan, int64_t capacity, nsa_dtype dt
     c->dtype = dtype;
     c->capacity = capacity;
     c->capacity_compressed = nsa_num_compressed(cfg, capacity);
-    c->panels = (capacity + NSA_PANEL - 1) / NSA_PANEL;
-    c->panels_compressed = (c->capacity_compressed + NSA_PANEL - 1) / NSA_PANEL;
+    c->panels = nsa_panels_of(capacity);
+    c->panels_compressed = nsa_panels_of(c->capacity_compressed);
     const size_t size = dtype_size(dtype);
     c->k = zeroed(counts[K], size);
     c->v = zeroed(counts[V], size);

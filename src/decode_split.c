@@ -46,7 +46,6 @@ typedef struct split_unit {
     int64_t first, last; /* keys: compressed keys for CMP, raw keys otherwise */
     nsa_softmax_state state;
     nsa_used_keys used; /* CMP: the keys its rows take, from its scores to its values */
-    int has_keys;       /* CMP: some row takes a key of the unit */
 } split_unit;
 
 typedef struct split_tile {
@@ -169,10 +168,9 @@ static void compressed_scores(const split_run *run, split_unit *u, worker_scratc
     const split_tile *t = &run->tiles[u->tile];
     const nsa_rows rows = tile_rows(run, t);
     compressed_limits(run, u, w);
-    u->has_keys = nsa_attend_probabilities(
-        &run->plan->kernels, &rows, &t->tile.compressed, u->first / NSA_PANEL,
-        ceil_div(u->last - u->first + 1, NSA_PANEL), w->lo, w->hi, t->s + u->first, t->lds,
-        &u->state, &u->used);
+    nsa_attend_probabilities(&run->plan->kernels, &rows, &t->tile.compressed,
+                             u->first / NSA_PANEL, ceil_div(u->last - u->first + 1, NSA_PANEL),
+                             w->lo, w->hi, t->s + u->first, t->lds, &u->state, &u->used);
 }
 
 /* Its values, which nothing waits for until the accumulator merges. */
@@ -180,9 +178,8 @@ static void compressed_values(const split_run *run, const split_unit *u)
 {
     const split_tile *t = &run->tiles[u->tile];
     const nsa_rows rows = tile_rows(run, t);
-    if (u->has_keys)
-        nsa_attend_values(&run->plan->kernels, &rows, &t->tile.compressed,
-                          u->first / NSA_PANEL, &u->used, t->s + u->first, t->lds, &u->state);
+    nsa_attend_values(&run->plan->kernels, &rows, &t->tile.compressed, u->first / NSA_PANEL,
+                      &u->used, t->s + u->first, t->lds, &u->state);
 }
 
 static void raw_unit(const split_run *run, const split_unit *u, worker_scratch *w)

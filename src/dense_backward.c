@@ -52,11 +52,6 @@ static int64_t min64(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
-static int64_t panels_of(int64_t keys)
-{
-    return (keys + NSA_PANEL - 1) / NSA_PANEL;
-}
-
 static float *panels(const dense_run *run, float *base, int64_t b, int64_t h, int64_t dim)
 {
     const int64_t B = run->call.batch->num_seqs;
@@ -240,7 +235,7 @@ static void keys(const dense_run *run, const dense_item *it, float *scratch)
         t.ones[r] = 1.0f;
     const float *kp = panels(run, run->kp, b, h, dkd) + first_key * dkd;
     const float *vp = panels(run, run->vp, b, h, dvd) + first_key * dvd;
-    const int64_t np = panels_of(nkeys);
+    const int64_t np = nsa_panels_of(nkeys);
     for (int64_t q0 = cfg->causal ? first_key : 0; q0 < len; q0 += step) {
         const int64_t count = min64(step, len - q0), row0 = (start + q0) * hq + h * g;
         nsa_grad_rows rows = {.m = (size_t)(count * g), .q = t.q, .dout = t.dout,
@@ -285,7 +280,7 @@ static int64_t make_items(const dense_run *run, int kind, dense_item *items)
     int64_t n = 0;
     for (int64_t b = 0; b < run->call.batch->num_seqs; b++) {
         const int64_t len = cu[b + 1] - cu[b];
-        const int64_t units = kind == PACK ? panels_of(len) : len;
+        const int64_t units = kind == PACK ? nsa_panels_of(len) : len;
         for (int64_t first = 0; first < units; first += step)
             for (int32_t h = 0; h < cfg->num_kv_heads; h++, n++) {
                 if (items == NULL)
@@ -362,7 +357,7 @@ static nsa_status run_alloc(dense_run *run, int32_t workers)
         return NSA_ERROR_OUT_OF_MEMORY;
     run->p_offset[0] = 0;
     for (int64_t b = 0; b < B; b++)
-        run->p_offset[b + 1] = run->p_offset[b] + panels_of(run->call.batch->cu_seqlens[b + 1] -
+        run->p_offset[b + 1] = run->p_offset[b] + nsa_panels_of(run->call.batch->cu_seqlens[b + 1] -
                                                             run->call.batch->cu_seqlens[b]);
     run->kp = nsa_alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_qk);
     run->vp = nsa_alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_v);

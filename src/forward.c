@@ -59,11 +59,6 @@ typedef struct forward_run {
     size_t scratch_floats;
 } forward_run;
 
-static int64_t round_up_panels(int64_t keys)
-{
-    return (keys + NSA_PANEL - 1) / NSA_PANEL;
-}
-
 static float *seq_panels(const forward_run *run, float *base, const int64_t *offset,
                                int64_t b, int64_t h)
 {
@@ -127,7 +122,7 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
             int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
             const float *rows = run->kc + (size_t)((h * total_c + run->c_offset[b]) * dk);
             pack_panels(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL,
-                        round_up_panels(it->count), dst + (size_t)(it->first * dk));
+                        nsa_panels_of(it->count), dst + (size_t)(it->first * dk));
         }
     }
 }
@@ -347,8 +342,8 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
         int64_t len = call->batch->cu_seqlens[b + 1] - call->batch->cu_seqlens[b];
         int64_t nc = nsa_num_compressed(cfg, len);
         run->c_offset[b + 1] = run->c_offset[b] + nc;
-        run->p_offset[b + 1] = run->p_offset[b] + round_up_panels(len);
-        run->cp_offset[b + 1] = run->cp_offset[b] + round_up_panels(nc);
+        run->p_offset[b + 1] = run->p_offset[b] + nsa_panels_of(len);
+        run->cp_offset[b + 1] = run->cp_offset[b] + nsa_panels_of(nc);
     }
     run->kc = nsa_alloc_floats(hkv * run->c_offset[B] * dk);
     run->vc = nsa_alloc_floats(hkv * run->c_offset[B] * dv);

@@ -57,8 +57,7 @@ void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t origin,
 void nsa_blocks_within(const nsa_config *cfg, int64_t first, int64_t last, int64_t nc,
                        int64_t num_blocks, int64_t *first_block, int64_t *end_block)
 {
-    const int64_t width = cfg->cmp_block / cfg->cmp_stride;
-    const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = width - 1;
+    const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = nsa_block_lead(cfg);
     const int64_t taps = stride + lead;
     /* Block J reads tokens J * stride - lead .. J * stride - lead + taps - 1,
      * clipped to [0, nc - 1]. */

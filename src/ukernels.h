@@ -26,6 +26,12 @@
 
 enum { NSA_PANEL = 16 };
 
+/* Panels that hold `keys` keys (the last one padded). */
+static inline int64_t nsa_panels_of(int64_t keys)
+{
+    return (keys + NSA_PANEL - 1) / NSA_PANEL;
+}
+
 /* s[m][np * NSA_PANEL] (row stride lds) = scale * q[m][dk] . K^T, for the np
  * consecutive key panels at kp (panel stride dk * NSA_PANEL). */
 typedef void nsa_qk_ukernel(size_t m, size_t np, size_t dk, float scale, const float *q,
