@@ -62,6 +62,7 @@ typedef struct split_tile {
     nsa_ranked *unit_best;    /* [count][compressed units][n]: each unit's best blocks */
     int32_t *unit_best_count; /* [count][compressed units] */
     atomic_int *sum_taken;    /* [compressed units]: a worker does head sum u */
+    atomic_int *values_taken; /* [compressed units]: a worker does unit u's values */
     nsa_ranked *best;         /* [count][n]: the choice's candidates */
     int32_t *blocks;       /* [count][n] chosen by each query */
     int32_t *union_blocks; /* [count * n] their union */
@@ -86,9 +87,9 @@ enum {
 typedef struct split_item {
     int kind;
     int64_t tile;
-    /* ITEM_SCORES, ITEM_VALUES, ITEM_WINDOW: the unit; ITEM_SUM: the
-     * tile's compressed unit; ITEM_SLOT: the tile's slot; ITEM_MERGE,
-     * ITEM_GATE: the tile's row */
+    /* ITEM_SCORES, ITEM_WINDOW: the unit; ITEM_SUM, ITEM_VALUES: the
+     * tile's compressed unit it starts its claim from (claim_unit);
+     * ITEM_SLOT: the tile's slot; ITEM_MERGE, ITEM_GATE: the tile's row */
     int64_t index;
 } split_item;
 
@@ -391,21 +392,23 @@ static void gate_row(const split_run *run, split_tile *t, size_t r)
                            t->tile.out + tq * t->tile.out_stride + head * dv);
 }
 
-/* The head sum a head-sum item does: the one over the unit this worker
- * scored, whose probabilities are still in its cache, unless another worker
- * has taken it; else the first one left from the item's index on. Each of
- * the tile's head-sum items claims a different one. */
-static int64_t claim_sum(split_tile *t, const split_item *it, const worker_scratch *w)
+/* The compressed unit a head-sum or values item works on (taken: the
+ * tile's flags of that kind of item): the unit this worker scored, whose
+ * probabilities are still in its cache, unless another worker has taken
+ * it; else the first one left from the item's index on. Each of the tile's
+ * items of the kind claims a different one. */
+static int64_t claim_unit(const split_tile *t, atomic_int *taken, const split_item *it,
+                          const worker_scratch *w)
 {
     const int64_t count = t->unit_count[CMP];
     int expected = 0;
     if (w->scored_tile == it->tile &&
-        atomic_compare_exchange_strong(&t->sum_taken[w->scored_unit], &expected, 1))
+        atomic_compare_exchange_strong(&taken[w->scored_unit], &expected, 1))
         return w->scored_unit;
-    for (int64_t k = 0;; k++) { /* as many items as head sums: one is left */
+    for (int64_t k = 0;; k++) { /* as many items as units: one is left */
         const int64_t u = (it->index + k) % count;
         expected = 0;
-        if (atomic_compare_exchange_strong(&t->sum_taken[u], &expected, 1))
+        if (atomic_compare_exchange_strong(&taken[u], &expected, 1))
             return u;
     }
 }
@@ -431,7 +434,7 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
         break;
     case ITEM_SUM:
         nsa_wait_zero(&t->merge_left);
-        head_sum(run, t, claim_sum(t, it, w), w);
+        head_sum(run, t, claim_unit(t, t->sum_taken, it, w), w);
         nsa_count_down(&t->sum_left);
         break;
     case ITEM_CHOOSE:
@@ -439,11 +442,13 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
         choose_tile(run, t);
         nsa_count_down(&t->select_left);
         break;
-    case ITEM_VALUES:
+    case ITEM_VALUES: {
         nsa_wait_zero(&t->merge_left); /* every unit's scores are in */
-        compressed_values(run, &run->units[it->index]);
+        const int64_t u = claim_unit(t, t->values_taken, it, w);
+        compressed_values(run, &run->units[t->units[CMP] + u]);
         nsa_count_down(&t->value_left);
         break;
+    }
     case ITEM_SLOT:
         nsa_wait_zero(&t->select_left);
         if (it->index < t->unit_count[SLC])
@@ -530,6 +535,7 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
             nsa_carve(&c, best_lists * (size_t)cfg->sel_count * sizeof(nsa_ranked));
         int32_t *unit_best_count = nsa_carve(&c, best_lists * sizeof(int32_t));
         atomic_int *sum_taken = nsa_carve(&c, (size_t)bounds[CMP] * sizeof(atomic_int));
+        atomic_int *values_taken = nsa_carve(&c, (size_t)bounds[CMP] * sizeof(atomic_int));
         nsa_ranked *best = nsa_carve(&c, n * sizeof(nsa_ranked));
         int32_t *blocks = nsa_carve(&c, n * sizeof(int32_t));
         int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
@@ -539,7 +545,7 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
                               .lds = lds, .factor = factor, .ldf = (size_t)most,
                               .p_sum = p_sum, .score = score, .ld_score = ld_score,
                               .unit_best = unit_best, .unit_best_count = unit_best_count,
-                              .sum_taken = sum_taken,
+                              .sum_taken = sum_taken, .values_taken = values_taken,
                               .best = best,
                               .blocks = blocks,
                               .union_blocks = union_blocks, .slots = bounds[SLC]};
@@ -574,7 +580,7 @@ static int64_t list_tile_items(split_run *run, int64_t i, int kind, int64_t n)
     int64_t count = (int64_t)t->m, first = 0; /* items index first .. first + count - 1 */
     if (kind == ITEM_SCORES || kind == ITEM_VALUES || kind == ITEM_SUM) {
         count = t->unit_count[CMP];
-        first = kind == ITEM_SUM ? 0 : t->units[CMP];
+        first = kind == ITEM_SCORES ? t->units[CMP] : 0;
     } else if (kind == ITEM_WINDOW) {
         count = t->unit_count[SWA];
         first = t->units[SWA];
@@ -620,8 +626,10 @@ static int64_t list_items(split_run *run)
             for (size_t r = 0; r < t->m; r++)
                 merge_scalars(run, t, CMP, r);
         atomic_init(&t->sum_left, t->unit_count[CMP]);
-        for (int64_t u = 0; u < t->unit_count[CMP]; u++)
+        for (int64_t u = 0; u < t->unit_count[CMP]; u++) {
             atomic_init(&t->sum_taken[u], 0);
+            atomic_init(&t->values_taken[u], 0);
+        }
         atomic_init(&t->select_left, 1);
         atomic_init(&t->raw_left, (int64_t)t->m + t->unit_count[SWA] + t->slots);
     }
