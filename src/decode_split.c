@@ -93,13 +93,22 @@ typedef struct split_item {
     int64_t index;
 } split_item;
 
+/* A flag alone on its cache line: claims item i < the number of workers,
+ * worker i's first item. */
+typedef struct first_claim {
+    _Alignas(64) atomic_int taken;
+} first_claim;
+
 typedef struct split_run {
     const nsa_plan *plan;
     split_tile *tiles;
     int64_t num_tiles;
     split_unit *units;
     split_item *items;
-    nsa_work_queue queue;
+    int64_t num_items;
+    first_claim *first; /* [workers] */
+    int32_t workers;
+    nsa_work_queue queue; /* the items from `workers` on */
     char *scratch; /* per worker: scratch_bytes each */
     size_t scratch_bytes;
     int64_t max_len;
@@ -467,6 +476,20 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
     }
 }
 
+/* Runs item i < run->workers unless another worker has claimed it. */
+static void run_first(split_run *run, int64_t i, worker_scratch *w)
+{
+    if (i < run->num_items && atomic_exchange(&run->first[i].taken, 1) == 0)
+        run_item(run, &run->items[i], w);
+}
+
+/* Worker k starts with item k, claimed on a line of its own: a shared
+ * counter taken by all workers at once queued them for ~1-2 us at the
+ * start of a step. The caller (worker 0, always there) then runs, in
+ * order, the first items of workers that have not come, so every item
+ * is taken; the rest come from the queue in order. An item waits only on
+ * earlier ones, and each of those is claimed by a worker that runs it, so
+ * some worker always makes progress. */
 static void split_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     split_run *run = arg;
@@ -474,8 +497,12 @@ static void split_worker(void *arg, int32_t worker, int32_t num_workers)
     worker_scratch_carve(run, run->scratch + (size_t)worker * run->scratch_bytes, &w);
     w.scored_tile = w.scored_unit = -1;
     (void)num_workers;
+    run_first(run, worker, &w);
+    if (worker == 0)
+        for (int64_t i = 1; i < run->workers; i++)
+            run_first(run, i, &w);
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;)
-        run_item(run, &run->items[i], &w);
+        run_item(run, &run->items[run->workers + i], &w);
 }
 
 /* --------------------------------------------------------------- driver -- */
@@ -513,6 +540,7 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
     run->items = nsa_carve(&c, items * sizeof *run->items);
     run->scratch_bytes = worker_scratch_carve(run, NULL, NULL);
     run->scratch = nsa_carve(&c, (size_t)workers * run->scratch_bytes);
+    run->first = nsa_carve(&c, (size_t)workers * sizeof *run->first);
     int64_t next_unit = 0;
     for (int64_t i = 0; i < run->num_tiles; i++) {
         int64_t bounds[3];
@@ -658,7 +686,11 @@ nsa_status nsa_decode_split(const nsa_plan *plan, const nsa_tile *tiles, int64_t
         return nsa_fail(ctx, NSA_ERROR_OUT_OF_MEMORY,
                         "no memory for the split decode workspace (%zu bytes)", bytes);
     layout(&run, tiles, ws.data, workers);
-    nsa_work_queue_init(&run.queue, list_items(&run));
+    run.num_items = list_items(&run);
+    run.workers = workers;
+    for (int32_t i = 0; i < workers; i++)
+        atomic_init(&run.first[i].taken, 0);
+    nsa_work_queue_init(&run.queue, run.num_items > workers ? run.num_items - workers : 0);
     nsa_pool_run_eager(ctx->pool, split_worker, &run);
     nsa_workspace_release(ctx, &ws);
     return NSA_SUCCESS;

@@ -13,6 +13,13 @@
  * every call). An eager call closes when the caller's share is done:
  * workers that wake later see it closed and go back to sleep.
  *
+ * Joining: a worker announces the call it joins in a slot of its own (one
+ * cache line per worker) and then looks whether the call is still open;
+ * the caller closes an eager call and then waits for the workers whose
+ * slots name it. A shared count of active workers, raised by every worker
+ * at the start of a call, made the last of 16 workers start ~1.7 us after
+ * the first on the Emerald Rapids host: the raises queued on one line.
+ *
  * Placement: workers are bound with hwloc to the cores placement.c picks
  * (spread over the NUMA nodes, a core each while there are enough), so
  * that memory they first touch stays on their node and the OS does not
@@ -34,6 +41,13 @@ typedef struct worker {
     pthread_t thread;
 } worker;
 
+/* A worker's join slot: the last call it announced joining, and the last
+ * it is done with (ran, or found closed). Alone on its cache line. */
+typedef struct join_slot {
+    _Alignas(64) atomic_uint_fast64_t joined;
+    atomic_uint_fast64_t left;
+} join_slot;
+
 struct nsa_pool {
     hwloc_topology_t topology;
     int32_t num_threads;
@@ -48,10 +62,12 @@ struct nsa_pool {
     /* The current call: state = generation << 1 | open (the call still
      * accepts workers), one word so that the two are read together; fn
      * and arg are written before the state that opens their call. A worker
-     * joins by raising active and then finding the state open. */
+     * joins by announcing the call in its slot and then finding the state
+     * open. */
     atomic_uint_fast64_t state;
-    atomic_int active;  /* workers running the call's fn */
+    join_slot *slots;   /* [num_threads]; entry 0 unused */
     atomic_int pending; /* plain calls: workers yet to finish it */
+    atomic_int caller_waiting; /* the caller sleeps on done (eager calls) */
     int eager;
     nsa_pool_task fn;
     void *arg;
@@ -166,23 +182,26 @@ static void *worker_main(void *opaque)
         bind_to_core(pool, self->index);
     uint64_t seen = 0;
     int64_t spin_ns = 0; /* poll only after an eager (short) call */
+    join_slot *slot = &pool->slots[self->index];
     while (wait_for_call(pool, seen, spin_ns)) {
         spin_ns = 0;
-        atomic_fetch_add(&pool->active, 1);
-        const uint64_t state = atomic_load(&pool->state);
-        seen = state >> 1;
-        if (!(state & 1)) { /* an eager call that ended before we came */
-            if (atomic_fetch_sub(&pool->active, 1) == 1)
+        seen = generation(pool);
+        /* Announce, then look (both sequentially consistent): either the
+         * caller, closing, sees the announcement and waits for us, or we
+         * see the call closed (or a later one) and skip it. */
+        atomic_store(&slot->joined, seen);
+        if (atomic_load(&pool->state) != (seen << 1 | 1)) { /* ended before we came */
+            atomic_store(&slot->left, seen);
+            if (atomic_load(&pool->caller_waiting))
                 signal_done(pool);
             continue;
         }
-        /* Joined call `seen`: it cannot end before active drops. */
         const int eager = pool->eager;
         spin_ns = eager ? pool->spin_ns : 0;
         pool->fn(pool->arg, self->index, pool->num_threads);
-        const int last_active = atomic_fetch_sub(&pool->active, 1) == 1;
+        atomic_store(&slot->left, seen);
         const int last_pending = !eager && atomic_fetch_sub(&pool->pending, 1) == 1;
-        if (last_active || last_pending)
+        if (last_pending || (eager && atomic_load(&pool->caller_waiting)))
             signal_done(pool);
     }
     return NULL;
@@ -204,11 +223,18 @@ nsa_status nsa_pool_create(hwloc_topology_t topology, int32_t num_threads, int b
     *out = NULL;
     nsa_pool *pool = calloc(1, sizeof *pool);
     worker *workers = calloc((size_t)num_threads, sizeof *workers);
-    if (pool == NULL || workers == NULL) {
+    join_slot *slots = aligned_alloc(_Alignof(join_slot), (size_t)num_threads * sizeof *slots);
+    if (pool == NULL || workers == NULL || slots == NULL) {
         free(pool);
         free(workers);
+        free(slots);
         return NSA_ERROR_OUT_OF_MEMORY;
     }
+    for (int32_t i = 0; i < num_threads; i++) {
+        atomic_init(&slots[i].joined, 0);
+        atomic_init(&slots[i].left, 0);
+    }
+    pool->slots = slots;
     pool->topology = topology;
     pool->num_threads = num_threads;
     pool->bind = bind;
@@ -255,12 +281,21 @@ void nsa_pool_destroy(nsa_pool *pool)
         hwloc_bitmap_free(pool->saved_set);
     free(pool->core_of);
     free(pool->workers);
+    free(pool->slots);
     free(pool);
 }
 
-static int call_complete(nsa_pool *pool, int eager)
+/* Whether call `call` is over: a plain call when every worker has run it,
+ * an eager (closed) one when every worker that joined it is done. */
+static int call_complete(nsa_pool *pool, uint64_t call, int eager)
 {
-    return atomic_load(&pool->active) == 0 && (eager || atomic_load(&pool->pending) == 0);
+    if (!eager)
+        return atomic_load(&pool->pending) == 0;
+    for (int32_t i = 1; i < pool->num_threads; i++)
+        if (atomic_load(&pool->slots[i].joined) == call &&
+            atomic_load(&pool->slots[i].left) != call)
+            return 0;
+    return 1;
 }
 
 static void run(nsa_pool *pool, nsa_pool_task fn, void *arg, int eager)
@@ -288,14 +323,18 @@ static void run(nsa_pool *pool, nsa_pool_task fn, void *arg, int eager)
     fn(arg, 0, pool->num_threads);
 
     if (eager)
-        atomic_store(&pool->state, call << 1); /* closed: active only falls */
+        atomic_store(&pool->state, call << 1); /* closed: no worker joins now */
     const int64_t deadline = nsa_now_ns() + (eager ? pool->spin_ns : 0);
-    for (int spins = 1; !call_complete(pool, eager); spins++) {
+    for (int spins = 1; !call_complete(pool, call, eager); spins++) {
         cpu_relax();
         if (spins % 64 == 0 && nsa_now_ns() > deadline) {
+            /* Workers that finish after seeing caller_waiting signal done;
+             * one that saw it 0 finished before the check below. */
             pthread_mutex_lock(&pool->lock);
-            while (!call_complete(pool, eager))
+            atomic_store(&pool->caller_waiting, 1);
+            while (!call_complete(pool, call, eager))
                 pthread_cond_wait(&pool->done, &pool->lock);
+            atomic_store(&pool->caller_waiting, 0);
             pthread_mutex_unlock(&pool->lock);
         }
     }
