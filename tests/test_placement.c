@@ -5,7 +5,10 @@
  * to their cores, one core each while there are enough, in node order
  * from the first node; beyond the cores they wrap around. And a bound pool
  * built on such a topology (its bindings refused: the topology is not this
- * machine) still runs every worker, plain and eager calls alike.
+ * machine) still runs every worker, plain and eager calls alike; an eager
+ * call returns only after every worker that joined it is done, and no
+ * worker starts it after that, with workers polling or asleep between
+ * calls.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -141,12 +145,67 @@ static void test_bound_pool_on_synthetic_topology_runs_all(void **state)
     hwloc_topology_destroy(topology);
 }
 
+typedef struct eager_trace {
+    int call;
+    atomic_int started[8], finished[8];
+} eager_trace;
+
+static void busy_ns(int64_t ns)
+{
+    const int64_t end = nsa_now_ns() + ns;
+    while (nsa_now_ns() < end) {
+    }
+}
+
+/* Marks the start and the end of its share, some microseconds apart. */
+static void traced_worker(void *arg, int32_t worker, int32_t num_workers)
+{
+    eager_trace *t = arg;
+    (void)num_workers;
+    atomic_store(&t->started[worker], t->call);
+    busy_ns(1000 * ((t->call + worker) % 7)); /* 0 .. 6 us */
+    atomic_store(&t->finished[worker], t->call);
+}
+
+static void test_eager_call_returns_after_its_workers(void **state)
+{
+    (void)state;
+    hwloc_topology_t topology = synthetic("pack:1 numa:1 core:4 pu:2");
+    for (int spin_us = 0; spin_us <= 50; spin_us += 50) { /* asleep, polling */
+        nsa_pool *pool = NULL;
+        assert_int_equal(nsa_pool_create(topology, 8, 1, spin_us, &pool), NSA_SUCCESS);
+        eager_trace t = {0};
+        for (int w = 0; w < 8; w++) {
+            atomic_init(&t.started[w], 0);
+            atomic_init(&t.finished[w], 0);
+        }
+        for (t.call = 1; t.call <= 300; t.call++) {
+            nsa_pool_run_eager(pool, traced_worker, &t);
+            int started[8];
+            for (int w = 0; w < 8; w++) {
+                started[w] = atomic_load(&t.started[w]);
+                if (started[w] == t.call)
+                    assert_int_equal(atomic_load(&t.finished[w]), t.call);
+            }
+            assert_int_equal(started[0], t.call); /* the caller always runs */
+            if (t.call % 50 == 0) { /* late workers must not start it now */
+                busy_ns(200000);
+                for (int w = 0; w < 8; w++)
+                    assert_int_equal(atomic_load(&t.started[w]), started[w]);
+            }
+        }
+        nsa_pool_destroy(pool);
+    }
+    hwloc_topology_destroy(topology);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_workers_spread_over_nodes),
         cmocka_unit_test(test_workers_beyond_the_cores_wrap),
         cmocka_unit_test(test_bound_pool_on_synthetic_topology_runs_all),
+        cmocka_unit_test(test_eager_call_returns_after_its_workers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
