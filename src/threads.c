@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * threads.c — a small persistent pthread pool. A call bumps a generation
- * number and every worker runs the call's function once.
+ * number and every worker runs the call's function once (an eager call:
+ * every worker that comes before it closes).
  *
  * Waiting: after an eager call (a short one, such as a decode step) a
  * worker polls for the next generation for a while (the spin time: such

@@ -36,12 +36,14 @@ void nsa_pool_destroy(nsa_pool *pool);
  * several threads at once are serialised: each one uses the whole pool. */
 void nsa_pool_run(nsa_pool *pool, nsa_pool_task fn, void *arg);
 
-/* Like nsa_pool_run, for fn that take all their work from a shared queue:
- * returns once the caller's fn has returned and every worker that joined
- * has finished, without waiting for workers still waking up (they skip the
- * call). Short calls (a decode step) then do not pay for the slowest
- * wake-up; fn must not rely on every worker index taking part. After an
- * eager call, workers poll for the next call for the pool's spin time. */
+/* Like nsa_pool_run, for fn whose work any worker may take (a shared
+ * queue; work meant for a worker index that the caller, worker 0, takes
+ * over when that worker has not come): returns once the caller's fn has
+ * returned and every worker that joined has finished, without waiting for
+ * workers still waking up (they skip the call). Short calls (a decode
+ * step) then do not pay for the slowest wake-up; fn must not rely on every
+ * worker index taking part. After an eager call, workers poll for the next
+ * call for the pool's spin time. */
 void nsa_pool_run_eager(nsa_pool *pool, nsa_pool_task fn, void *arg);
 
 /* A shared counter handing out work items 0, 1, 2, ... in order. Which
