@@ -476,20 +476,25 @@ static void run_item(split_run *run, const split_item *it, worker_scratch *w)
     }
 }
 
-/* Runs item i < run->workers unless another worker has claimed it. */
-static void run_first(split_run *run, int64_t i, worker_scratch *w)
+/* Runs item i < run->workers unless another worker has claimed it;
+ * returns whether it did. */
+static int run_first(split_run *run, int64_t i, worker_scratch *w)
 {
-    if (i < run->num_items && atomic_exchange(&run->first[i].taken, 1) == 0)
-        run_item(run, &run->items[i], w);
+    if (i >= run->num_items || atomic_exchange(&run->first[i].taken, 1) != 0)
+        return 0;
+    run_item(run, &run->items[i], w);
+    return 1;
 }
 
 /* Worker k starts with item k, claimed on a line of its own: a shared
  * counter taken by all workers at once queued them for ~1-2 us at the
  * start of a step. The caller (worker 0, always there) then runs, in
- * order, the first items of workers that have not come, so every item
- * is taken; the rest come from the queue in order. An item waits only on
- * earlier ones, and each of those is claimed by a worker that runs it, so
- * some worker always makes progress. */
+ * order, the first items of workers that have not come, so every item is
+ * taken; a worker that comes after the caller took its item (workers
+ * woken from sleep) helps with those above its own. The rest come from
+ * the queue in order. An item waits only on earlier ones, and each of
+ * those is claimed by a worker that runs it, so some worker always makes
+ * progress. */
 static void split_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     split_run *run = arg;
@@ -497,9 +502,8 @@ static void split_worker(void *arg, int32_t worker, int32_t num_workers)
     worker_scratch_carve(run, run->scratch + (size_t)worker * run->scratch_bytes, &w);
     w.scored_tile = w.scored_unit = -1;
     (void)num_workers;
-    run_first(run, worker, &w);
-    if (worker == 0)
-        for (int64_t i = 1; i < run->workers; i++)
+    if (!run_first(run, worker, &w) || worker == 0)
+        for (int64_t i = worker + 1; i < run->workers; i++)
             run_first(run, i, &w);
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;)
         run_item(run, &run->items[run->workers + i], &w);
