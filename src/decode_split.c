@@ -179,7 +179,7 @@ static void compressed_scores(const split_run *run, split_unit *u, worker_scratc
     const nsa_rows rows = tile_rows(run, t);
     compressed_limits(run, u, w);
     nsa_attend_probabilities(&run->plan->kernels, &rows, &t->tile.compressed,
-                             u->first / NSA_PANEL, ceil_div(u->last - u->first + 1, NSA_PANEL),
+                             u->first / NSA_PANEL, nsa_panels_of(u->last - u->first + 1),
                              w->lo, w->hi, t->s + u->first, t->lds, &u->state, &u->used);
 }
 
@@ -211,10 +211,10 @@ static void raw_unit(const split_run *run, const split_unit *u, worker_scratch *
 static void run_unit(const split_run *run, split_unit *u, worker_scratch *w)
 {
     nsa_softmax_state_reset(&u->state, run->tiles[u->tile].m, (size_t)run->plan->cfg.head_dim_v);
-    if (u->branch != CMP)
-        raw_unit(run, u, w);
-    else
+    if (u->branch == CMP)
         compressed_scores(run, u, w);
+    else
+        raw_unit(run, u, w);
 }
 
 /* ------------------------------------------------------ tiles: merging -- */
@@ -552,7 +552,7 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         const size_t m = (size_t)(tiles[i].count * plan->group_size);
         const size_t n = (size_t)(tiles[i].count * cfg->sel_count);
         const size_t lds =
-            (size_t)ceil_div(nsa_num_compressed(cfg, tiles[i].len) + 1, NSA_PANEL) * NSA_PANEL;
+            (size_t)nsa_panels_of(nsa_num_compressed(cfg, tiles[i].len) + 1) * NSA_PANEL;
         int64_t most = 0; /* units of the branch with the most */
         for (int b = 0; b < 3; b++)
             most = bounds[b] > most ? bounds[b] : most;

@@ -356,9 +356,9 @@ static nsa_status run_alloc(dense_run *run, int32_t workers)
     if (run->p_offset == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
     run->p_offset[0] = 0;
+    const int64_t *cu = run->call.batch->cu_seqlens;
     for (int64_t b = 0; b < B; b++)
-        run->p_offset[b + 1] = run->p_offset[b] + nsa_panels_of(run->call.batch->cu_seqlens[b + 1] -
-                                                            run->call.batch->cu_seqlens[b]);
+        run->p_offset[b + 1] = run->p_offset[b] + nsa_panels_of(cu[b + 1] - cu[b]);
     run->kp = nsa_alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_qk);
     run->vp = nsa_alloc_floats(hkv * run->p_offset[B] * NSA_PANEL * cfg->head_dim_v);
     run->lse = nsa_alloc_floats(T * cfg->num_q_heads);

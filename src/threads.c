@@ -185,21 +185,18 @@ static void *worker_main(void *opaque)
     int64_t spin_ns = 0; /* poll only after an eager (short) call */
     join_slot *slot = &pool->slots[self->index];
     while (wait_for_call(pool, seen, spin_ns)) {
-        spin_ns = 0;
         seen = generation(pool);
         /* Announce, then look (both sequentially consistent): either the
          * caller, closing, sees the announcement and waits for us, or we
          * see the call closed (or a later one) and skip it. */
         atomic_store(&slot->joined, seen);
-        if (atomic_load(&pool->state) != (seen << 1 | 1)) { /* ended before we came */
-            atomic_store(&slot->left, seen);
-            if (atomic_load(&pool->caller_waiting))
-                signal_done(pool);
-            continue;
-        }
-        const int eager = pool->eager;
-        spin_ns = eager ? pool->spin_ns : 0;
-        pool->fn(pool->arg, self->index, pool->num_threads);
+        /* Not open: an eager call that ended before we came (a plain call
+         * stays open until every worker has run it). */
+        const int joined = atomic_load(&pool->state) == (seen << 1 | 1);
+        const int eager = !joined || pool->eager;
+        spin_ns = joined && eager ? pool->spin_ns : 0;
+        if (joined)
+            pool->fn(pool->arg, self->index, pool->num_threads);
         atomic_store(&slot->left, seen);
         const int last_pending = !eager && atomic_fetch_sub(&pool->pending, 1) == 1;
         if (last_pending || (eager && atomic_load(&pool->caller_waiting)))
