@@ -11,8 +11,9 @@
  *
  * Shapes: qk m=16 rows x 4 panels (64 keys) x dk=128; pv m=16 x nk=64 x
  * dv=128; softmax m=16 x nk=64 (dv=128 accumulators); gate_mix m=16 x
- * dv=128; pool l=32 x dim=128; qk_bf16 and pv_bf16 as qk and pv. qk and pv count 2
- * FLOPs per multiply-add; the others count nominal work (see the footnote
+ * dv=128; pool l=32 x dim=128; qk_bf16, pv_bf16, qk_x3 and pv_x3 as qk
+ * and pv (qk_x3's queries split beforehand). qk and pv count 2 FLOPs per
+ * multiply-add; the others count nominal work (see the footnote
  * printed with the table). A slot the registry gains later is listed as
  * not benchmarked until it gets a shape here; the build does not break.
  */
@@ -23,21 +24,34 @@
 
 #include "bench.h"
 #include "cpu_features.h"
+#include "split_keys.h"
 #include "ukernels.h"
 
 enum { M = 16, NP = 4, NK = NP * NSA_PANEL, DK = 128, DV = 128, POOL_L = 32 };
 
 /* Every buffer of every slot; inputs are drawn once and shared by the
- * kernel and its reference. */
+ * kernel and its reference. Each starts on a cache line, as the library's
+ * own buffers do (tile loads of rows that straddle two lines cost twice). */
+#define LINE _Alignas(64)
 typedef struct buffers {
-    float q[M * DK], kp[NP * DK * NSA_PANEL], s[M * NK];
-    float p[M * NK], v[NK * DV], acc[M * DV];
-    float s_pristine[M * NK], row_max[M], row_sum[M];
+    LINE float q[M * DK];
+    LINE float kp[NP * DK * NSA_PANEL];
+    LINE float s[M * NK];
+    LINE float p[M * NK];
+    LINE float v[NK * DV];
+    LINE float acc[M * DV];
+    LINE float s_pristine[M * NK];
+    float row_max[M], row_sum[M];
     int32_t lo[M], hi[M];
     float gates[M * 3], accs[3][M * DV], sums[3][M], out[M * DV];
     float weight[POOL_L], x[POOL_L * DV], y[DV];
-    uint16_t kp16[NP * DK * NSA_PANEL], v16[NK * DV];
+    LINE uint16_t kp16[NP * DK * NSA_PANEL];
+    LINE uint16_t v16[NK * DV];
+    LINE uint16_t q3[3 * M * DK]; /* q, kp and v split */
+    LINE uint16_t kp3[3 * NP * DK * NSA_PANEL];
+    LINE uint16_t v3[3 * NK * DV];
 } buffers;
+#undef LINE
 
 /* Kernels are kept as void (*)(void) and cast back to their slot's type
  * by the slot's runner: the registry's own prototypes (src/ukernels.h:
@@ -98,6 +112,16 @@ static void call_pv_bf16(generic_fn *f, buffers *b)
     ((nsa_pv_bf16_ukernel *)f)(M, NK, DV, b->p, NK, b->v16, DV, b->acc, DV);
 }
 
+static void call_qk_x3(generic_fn *f, buffers *b)
+{
+    ((nsa_qk_x3_ukernel *)f)(M, NP, DK, b->q3, DK, b->kp3, b->s, NK);
+}
+
+static void call_pv_x3(generic_fn *f, buffers *b)
+{
+    ((nsa_pv_x3_ukernel *)f)(M, NK, DV, b->p, NK, b->v3, DV, b->acc, DV);
+}
+
 static size_t copy_out(float *out, const float *x, size_t n)
 {
     memcpy(out, x, n * sizeof *x);
@@ -132,6 +156,10 @@ static const slot_bench slots[] = {
      out_qk, REF(nsa_bf16_qk_ukernel__ref)},
     {"pv_bf16", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, call_pv_bf16, out_pv,
      REF(nsa_bf16_pv_ukernel__ref)},
+    {"qk_x3", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, call_qk_x3, out_qk,
+     REF(nsa_x3_qk_ukernel__ref)},
+    {"pv_x3", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, call_pv_x3, out_pv,
+     REF(nsa_x3_pv_ukernel__ref)},
 };
 #undef REF
 enum { SLOTS = sizeof slots / sizeof slots[0] };
@@ -202,6 +230,18 @@ static void init_buffers(buffers *b, uint64_t seed)
     fill(b->x, POOL_L * DV, -1, 1, &st);
     fill_bf16(b->kp16, NP * DK * NSA_PANEL, &st);
     fill_bf16(b->v16, NK * DV, &st);
+    const size_t words = nsa_bf16_panel_words(DK);
+    for (size_t j = 0; j < NP * NSA_PANEL; j++) /* kp's keys, split */
+        for (size_t c = 0; c < DK; c++) {
+            uint16_t terms[3];
+            nsa_split3(b->kp[j / NSA_PANEL * DK * NSA_PANEL + c * NSA_PANEL + j % NSA_PANEL],
+                       terms);
+            for (size_t t = 0; t < 3; t++)
+                b->kp3[(3 * (j / NSA_PANEL) + t) * words +
+                       nsa_bf16_key_at(DK, j % NSA_PANEL, c)] = terms[t];
+        }
+    nsa_pack_values_x3(b->v, DV, NK, DV, 0, NK / 2, DV, b->v3);
+    nsa_x3_split_ukernel__ref(M, DK, 0.088388f, b->q, DK, b->q3);
     memset(b->acc, 0, sizeof b->acc);
 }
 
@@ -288,7 +328,7 @@ static void report(FILE *f, const bench_options *opt, const slot_bench *sb, cons
 
 int bench_kernels_mode(const bench_options *opt)
 {
-    buffers *b = malloc(sizeof *b);
+    buffers *b = aligned_alloc(64, sizeof *b);
     const size_t out_floats = M * NK + M * DV + M;
     float *want = malloc(out_floats * sizeof *want);
     float *got = malloc(out_floats * sizeof *got);
@@ -343,7 +383,7 @@ int bench_kernels_mode(const bench_options *opt)
     fprintf(f, "\n%% peak: of the single-thread FMA peak of the kernel's ISA (ref: the "
                "baseline ISA's). qk/pv count 2 FLOPs per multiply-add; softmax 4 per score + 1 "
                "per accumulator element, and its time includes restoring the 4 KiB score tile; "
-               "gate_mix 5 per output; pool 2 per multiply-add; qk_bf16 and pv_bf16 as qk and pv. "
+               "gate_mix 5 per output; pool 2 per multiply-add; qk_bf16, pv_bf16, qk_x3 and pv_x3 as qk and pv. "
                "max|diff| is against the ref kernel on the same inputs "
                "(non-zero exit above 1e-4).\n");
     free(b);

@@ -24,6 +24,9 @@ void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *
         .grad_prob = nsa_f32_grad_prob_ukernel__ref,
         .grad_score = nsa_f32_grad_score_ukernel__ref,
         .grad_score_t = nsa_f32_grad_score_t_ukernel__ref,
+        .qk_x3 = nsa_x3_qk_ukernel__ref,
+        .pv_x3 = nsa_x3_pv_ukernel__ref,
+        .split_x3 = nsa_x3_split_ukernel__ref,
     };
 #define NSA_UKERNEL(kernel_isa, slot, fn)                                            \
     if ((kernel_isa) <= ctx->isa) {                                                  \
@@ -32,6 +35,10 @@ void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *
     }
 #include "ukernels.inc"
 #undef NSA_UKERNEL
+    /* Split fp32 keys pay only where tile products run the split kernels;
+     * the reference ones exist for the tests. */
+    kernels->split_fp32 = kernels->qk_x3 != nsa_x3_qk_ukernel__ref &&
+                          kernels->pv_x3 != nsa_x3_pv_ukernel__ref;
     snprintf(description, description_size, "isa=%s threads=%d", nsa_isa_name(ctx->isa),
              (int)ctx->num_threads);
 }

@@ -123,6 +123,72 @@ static inline float nsa_bf16_to_f32(uint16_t x)
     return bits.f;
 }
 
+/* qk and pv over fp32 keys and values stored split, each value x as three
+ * bf16 terms hi + mid + lo == x exactly (nsa_split3 below), for the AMX
+ * kernels: a bf16 tile product of split operands keeps fp32 accuracy with
+ * six of the nine term products (the three dropped are below 2^-23 of each
+ * product). The terms of a panel, a value row or a query row sit together:
+ * - Keys: the three terms of panel p are bf16 key panels (the paired layout
+ *   above) at kp + (3 p + t) * nsa_bf16_panel_words(dk), t = 0, 1, 2.
+ * - Values: the three terms of pair row i (keys 2i and 2i + 1) are bf16
+ *   value rows at v + (3 i + t) * 2 ldv; v points at an even key's pair row,
+ *   and when nk is odd the last pair row is read whole.
+ * - Query rows, split once per tile by split_x3 and already scaled: in
+ *   blocks of 16 rows, term t of row 16 b + i at q + ((3 b + t) 16 + i) ldq,
+ *   ldq = nsa_x3_row_words(dk), zero past dk and past the last row. Rows
+ *   from a multiple of 16 on are the same layout again.
+ * pv takes fp32 probabilities, as the other pv kernels, and splits them. */
+typedef void nsa_qk_x3_ukernel(size_t m, size_t np, size_t dk, const uint16_t *q, size_t ldq,
+                               const uint16_t *kp, float *s, size_t lds);
+typedef nsa_pv_bf16_ukernel nsa_pv_x3_ukernel;
+
+/* q[m][dk] (row stride ldq) times scale into the split query layout at
+ * dst: nsa_x3_query_words(m, dk) words. */
+typedef void nsa_split_x3_ukernel(size_t m, size_t dk, float scale, const float *q, size_t ldq,
+                                  uint16_t *dst);
+
+/* Words per split query row, and of the split layout of m rows. */
+static inline size_t nsa_x3_row_words(size_t dk)
+{
+    return (dk + 31) / 32 * 32;
+}
+
+static inline size_t nsa_x3_query_words(size_t m, size_t dk)
+{
+    return (m + 15) / 16 * 3 * 16 * nsa_x3_row_words(dk);
+}
+
+/* Words of one split key panel, all three terms. */
+static inline size_t nsa_x3_panel_words(size_t dk)
+{
+    return 3 * nsa_bf16_panel_words(dk);
+}
+
+/* The bf16 nearest to x (ties to even), as its 16 bits. Finite inputs only
+ * (the split of an infinity or of a value that rounds to one gives NaN). */
+static inline uint16_t nsa_bf16_nearest(float x)
+{
+    union {
+        float f;
+        uint32_t u;
+    } bits = {.f = x};
+    bits.u += 0x7fffu + ((bits.u >> 16) & 1u);
+    return (uint16_t)(bits.u >> 16);
+}
+
+/* x == hi + mid + lo exactly: hi is x rounded to bf16, mid the remainder
+ * rounded, lo what is left (at most 8 significant bits, so exact). The
+ * remainders are exact fp32 subtractions, |mid| <= 2^-8 |x| and |lo| <=
+ * 2^-16 |x|. Shared by the packing (src/split_keys.c) and, in vector form,
+ * the AMX kernels. */
+static inline void nsa_split3(float x, uint16_t terms[3])
+{
+    terms[0] = nsa_bf16_nearest(x);
+    const float rest = x - nsa_bf16_to_f32(terms[0]);
+    terms[1] = nsa_bf16_nearest(rest);
+    terms[2] = nsa_bf16_nearest(rest - nsa_bf16_to_f32(terms[1]));
+}
+
 /* The backward pass (spec section 7) recomputes each branch's probabilities
  * P = exp(scale q.k - lse) from the forward's log-sum-exp, with dp = dO V^T
  * from qk (values packed in panels like keys). Three elementwise steps sit
@@ -165,6 +231,12 @@ typedef struct nsa_ukernels {
     nsa_grad_prob_ukernel *grad_prob;
     nsa_grad_score_ukernel *grad_score;
     nsa_grad_score_t_ukernel *grad_score_t;
+    nsa_qk_x3_ukernel *qk_x3;
+    nsa_pv_x3_ukernel *pv_x3;
+    nsa_split_x3_ukernel *split_x3;
+    /* Whether the forward stores its fp32 keys and values split for
+     * qk_x3 and pv_x3: only when tile products run them (dispatch.c). */
+    int split_fp32;
 } nsa_ukernels;
 
 /* The portable scalar kernels (src/ref/): the executable specification every
@@ -179,6 +251,9 @@ nsa_pv_bf16_ukernel nsa_bf16_pv_ukernel__ref;
 nsa_grad_prob_ukernel nsa_f32_grad_prob_ukernel__ref;
 nsa_grad_score_ukernel nsa_f32_grad_score_ukernel__ref;
 nsa_grad_score_t_ukernel nsa_f32_grad_score_t_ukernel__ref;
+nsa_qk_x3_ukernel nsa_x3_qk_ukernel__ref;
+nsa_pv_x3_ukernel nsa_x3_pv_ukernel__ref;
+nsa_split_x3_ukernel nsa_x3_split_ukernel__ref;
 
 /* The optimised kernels, one declaration per line of the registry. */
 #define NSA_UKERNEL(isa, slot, fn) nsa_##slot##_ukernel fn;

@@ -23,6 +23,8 @@
 #include <cmocka.h>
 
 #include "cpu_features.h"
+#include "forward.h"
+#include "split_keys.h"
 #include "ukernels.h"
 
 /* ------------------------------------------------------------ registry -- */
@@ -37,7 +39,10 @@ typedef enum slot {
     SLOT_pv_bf16,
     SLOT_grad_prob,
     SLOT_grad_score,
-    SLOT_grad_score_t
+    SLOT_grad_score_t,
+    SLOT_qk_x3,
+    SLOT_pv_x3,
+    SLOT_split_x3
 } slot;
 
 typedef struct entry {
@@ -145,8 +150,57 @@ static void expect_region(const char *what, const float *got, const float *want,
 
 /* ---------------------------------------------------------------- cases -- */
 
-/* qk with fp32 keys (fn) or bf16 keys (fn16), against its reference. */
-static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, const char *name)
+/* The split panels (split_keys.h) of np fp32 key panels. */
+static uint16_t *split_panels(const float *kp, size_t np, size_t dk)
+{
+    float *rows = malloc(np * NSA_PANEL * dk * sizeof *rows);
+    uint16_t *split = malloc(np * nsa_x3_panel_words(dk) * sizeof *split);
+    assert_non_null(rows);
+    assert_non_null(split);
+    for (size_t j = 0; j < np * NSA_PANEL; j++)
+        for (size_t c = 0; c < dk; c++)
+            rows[j * dk + c] = kp[j / NSA_PANEL * dk * NSA_PANEL + c * NSA_PANEL + j % NSA_PANEL];
+    nsa_pack_panels_x3(rows, dk, (int64_t)(np * NSA_PANEL), (int64_t)dk, 0, (int64_t)np, split);
+    free(rows);
+    return split;
+}
+
+/* The split query layout (ukernels.h) of m rows of q times scale. */
+static uint16_t *split_rows(const float *q, size_t ldq, size_t m, size_t dk, float scale)
+{
+    uint16_t *q3 = malloc(nsa_x3_query_words(m, dk) * sizeof *q3);
+    assert_non_null(q3);
+    nsa_x3_split_ukernel__ref(m, dk, scale, q, ldq, q3);
+    return q3;
+}
+
+/* Words of the split value rows of nk keys (stride ldv), exactly: the last
+ * pair row ends at its third term's 2 dv-th word. */
+static size_t x3_value_words(size_t nk, size_t dv, size_t ldv)
+{
+    return (nk - 1) / 2 * 3 * 2 * ldv + 2 * 2 * ldv + 2 * dv;
+}
+
+/* Split value rows of v[nk][dv] (stride ldv both), packed to exactly
+ * x3_value_words words. */
+static uint16_t *split_values(const float *v, size_t nk, size_t dv, size_t ldv)
+{
+    const size_t pairs = (nk + 1) / 2;
+    uint16_t *full = malloc(pairs * 3 * 2 * ldv * sizeof *full);
+    assert_non_null(full);
+    nsa_pack_values_x3(v, ldv, (int64_t)nk, (int64_t)dv, 0, (int64_t)pairs, ldv, full);
+    uint16_t *exact = malloc(x3_value_words(nk, dv, ldv) * sizeof *exact);
+    assert_non_null(exact);
+    memcpy(exact, full, x3_value_words(nk, dv, ldv) * sizeof *exact);
+    free(full);
+    return exact;
+}
+
+/* qk with fp32 keys (fn), bf16 keys (fn16) or split fp32 keys (fn3),
+ * against the reference of the keys' values (for split keys, the fp32
+ * reference on the keys before the split). */
+static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, nsa_qk_x3_ukernel *fn3,
+                     const char *name)
 {
     static const size_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 24, 31, 33};
     static const size_t nps[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
@@ -157,12 +211,19 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, const char *
                 const size_t m = ms[a], np = nps[b], dk = dks[c];
                 const size_t ldq = dk + 3, lds = np * NSA_PANEL + 5, total = (m + 1) * lds;
                 float *q = random_floats((m - 1) * ldq + dk, -1, 1);
-                float *kp = fn != NULL ? random_floats(np * dk * NSA_PANEL, -1, 1) : NULL;
-                uint16_t *kp16 = fn16 != NULL ? random_bf16_panels(np, dk) : NULL;
+                float *kp = fn16 == NULL ? random_floats(np * dk * NSA_PANEL, -1, 1) : NULL;
+                uint16_t *kp16 = fn16 != NULL   ? random_bf16_panels(np, dk)
+                                 : fn3 != NULL ? split_panels(kp, np, dk)
+                                               : NULL;
                 float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
                 fill_sentinel(got, total);
                 fill_sentinel(want, total);
-                if (fn != NULL) {
+                if (fn3 != NULL) {
+                    uint16_t *q3 = split_rows(q, ldq, m, dk, 0.37f);
+                    fn3(m, np, dk, q3, nsa_x3_row_words(dk), kp16, got, lds);
+                    nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
+                    free(q3);
+                } else if (fn != NULL) {
                     fn(m, np, dk, 0.37f, q, ldq, kp, got, lds);
                     nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
                 } else {
@@ -181,8 +242,10 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, const char *
             }
 }
 
-/* pv with fp32 values (fn) or bf16 values (fn16), against its reference. */
-static void check_pv(nsa_pv_ukernel *fn, nsa_pv_bf16_ukernel *fn16, const char *name)
+/* pv with fp32 values (fn), bf16 values (fn16) or split fp32 values
+ * (fn3), against the reference of the values (as check_qk). */
+static void check_pv(nsa_pv_ukernel *fn, nsa_pv_bf16_ukernel *fn16, nsa_pv_x3_ukernel *fn3,
+                     const char *name)
 {
     static const size_t ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31};
     static const size_t nks[] = {1, 2, 7, 16, 64, 65, 300};
@@ -194,16 +257,20 @@ static void check_pv(nsa_pv_ukernel *fn, nsa_pv_bf16_ukernel *fn16, const char *
                 const size_t ldp = nk + 2, ldv = dv + 5, ldacc = dv + 4, total = (m + 1) * ldacc;
                 float *p = random_floats((m - 1) * ldp + nk, 0, 1);
                 /* exact sizes: ASan sees over-reads */
-                float *v = fn != NULL ? random_floats((nk - 1) * ldv + dv, -1, 1) : NULL;
-                uint16_t *v16 =
-                    fn16 != NULL ? random_bf16(bf16_value_words(nk, dv, ldv), -1, 1) : NULL;
+                float *v = fn16 == NULL ? random_floats((nk - 1) * ldv + dv, -1, 1) : NULL;
+                uint16_t *v16 = fn16 != NULL ? random_bf16(bf16_value_words(nk, dv, ldv), -1, 1)
+                                : fn3 != NULL ? split_values(v, nk, dv, ldv)
+                                              : NULL;
                 float *got = random_floats(total, -1, 1);
                 for (size_t r = 0; r <= m; r++) /* sentinels right of each row and below */
                     for (size_t col = 0; col < ldacc; col++)
                         if (col >= dv || r == m)
                             got[r * ldacc + col] = SENTINEL;
                 float *want = copy_floats(got, total);
-                if (fn != NULL) {
+                if (fn3 != NULL) {
+                    fn3(m, nk, dv, p, ldp, v16, ldv, got, ldacc);
+                    nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc);
+                } else if (fn != NULL) {
                     fn(m, nk, dv, p, ldp, v, ldv, got, ldacc);
                     nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc);
                 } else {
@@ -257,6 +324,92 @@ static void check_bf16_exact(nsa_qk_bf16_ukernel *qk, nsa_pv_bf16_ukernel *pv,
         free(one_hot);
         free(got);
     }
+}
+
+/* The split kernels keep fp32 arithmetic too, on both sides: with one
+ * operand one-hot (exact ones) and the other with full mantissas, every
+ * output is one fp32 value, whole: a query or probability (the left side's
+ * split) when the keys or values are one-hot, a key or value (their split,
+ * and the packing) when the queries or probabilities are, with scale 1. */
+static void check_x3_exact(nsa_qk_x3_ukernel *qk, nsa_pv_x3_ukernel *pv, const char *name)
+{
+    static const size_t ms[] = {3, 16, 17};
+    enum { DIM = 128, KEYS = 128 };
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (int left_full = 0; left_full < 2; left_full++) {
+            const size_t m = ms[a];
+            const float scale = left_full ? 0.37f : 1.0f;
+            float *left = calloc(m * DIM, sizeof *left), *right = calloc(KEYS * DIM, sizeof *right);
+            float *got = calloc(m * KEYS, sizeof *got);
+            assert_non_null(left);
+            assert_non_null(right);
+            assert_non_null(got);
+            for (size_t i = 0; i < m * DIM; i++)
+                left[i] = left_full ? uniform(-1, 1) : (float)(i % DIM == (i / DIM) % DIM);
+            for (size_t i = 0; i < KEYS * DIM; i++) /* row j: key or value j */
+                right[i] = left_full ? (float)(i % DIM == i / DIM) : uniform(-1, 1);
+            if (qk != NULL) {
+                float *kp = malloc(KEYS * DIM * sizeof *kp);
+                assert_non_null(kp);
+                nsa_pack_panels(right, DIM, KEYS, DIM, 0, KEYS / NSA_PANEL, kp);
+                uint16_t *split = split_panels(kp, KEYS / NSA_PANEL, DIM);
+                uint16_t *q3 = split_rows(left, DIM, m, DIM, scale);
+                qk(m, KEYS / NSA_PANEL, DIM, q3, nsa_x3_row_words(DIM), split, got, KEYS);
+                free(kp);
+                free(split);
+                free(q3);
+            } else {
+                uint16_t *split = split_values(right, KEYS, DIM, DIM);
+                pv(m, KEYS, DIM, left, KEYS, split, DIM, got, DIM);
+                free(split);
+            }
+            for (size_t r = 0; r < m; r++)
+                for (size_t j = 0; j < KEYS; j++) {
+                    /* the one-hot side picks one element of the other */
+                    const float want = left_full ? (qk != NULL ? scale : 1.0f) * left[r * DIM + j]
+                                       : qk != NULL ? right[j * DIM + r % DIM]
+                                                    : right[(r % DIM) * DIM + j];
+                    if (got[r * KEYS + j] != want)
+                        fail_msg("%s m=%zu (%s split): row %zu column %zu is %.9g, not %.9g", name,
+                                 m, left_full ? "left" : "right", r, j,
+                                 (double)got[r * KEYS + j], (double)want);
+                }
+            free(left);
+            free(right);
+            free(got);
+        }
+}
+
+/* The split of query rows: the same words as the reference, every one
+ * (both are exact splits with the same rounding), and none past the layout.
+ * Finite inputs of every magnitude the forward meets. */
+static void check_split(nsa_split_x3_ukernel *fn, const char *name)
+{
+    static const size_t ms[] = {1, 5, 15, 16, 17, 33};
+    static const size_t dks[] = {1, 3, 17, 32, 64, 100, 128, 260};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t c = 0; c < sizeof dks / sizeof *dks; c++) {
+            const size_t m = ms[a], dk = dks[c], ldq = dk + 7;
+            const size_t words = nsa_x3_query_words(m, dk);
+            float *q = random_floats((m - 1) * ldq + dk, -1, 1);
+            for (size_t i = 0; i < (m - 1) * ldq + dk; i += 3)
+                q[i] *= i % 2 ? 1e-20f : 3e15f;
+            uint16_t *got = malloc((words + 32) * sizeof *got);
+            uint16_t *want = malloc((words + 32) * sizeof *want);
+            assert_non_null(got);
+            assert_non_null(want);
+            memset(got, 0xa5, (words + 32) * sizeof *got);
+            memset(want, 0xa5, (words + 32) * sizeof *want);
+            fn(m, dk, 0.37f, q, ldq, got);
+            nsa_x3_split_ukernel__ref(m, dk, 0.37f, q, ldq, want);
+            for (size_t i = 0; i < words + 32; i++)
+                if (got[i] != want[i])
+                    fail_msg("%s m=%zu dk=%zu: word %zu of %zu is %#x, not %#x", name, m, dk, i,
+                             words, got[i], want[i]);
+            free(q);
+            free(got);
+            free(want);
+        }
 }
 
 static void check_softmax(nsa_softmax_ukernel *fn, const char *name)
@@ -509,14 +662,23 @@ static void test_registry_entry(void **state)
         skip();
     }
     switch (e->kind) {
-    case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, NULL, e->name); break;
-    case SLOT_pv: check_pv((nsa_pv_ukernel *)e->fn, NULL, e->name); break;
+    case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, NULL, NULL, e->name); break;
+    case SLOT_pv: check_pv((nsa_pv_ukernel *)e->fn, NULL, NULL, e->name); break;
+    case SLOT_qk_x3:
+        check_qk(NULL, NULL, (nsa_qk_x3_ukernel *)e->fn, e->name);
+        check_x3_exact((nsa_qk_x3_ukernel *)e->fn, NULL, e->name);
+        break;
+    case SLOT_split_x3: check_split((nsa_split_x3_ukernel *)e->fn, e->name); break;
+    case SLOT_pv_x3:
+        check_pv(NULL, NULL, (nsa_pv_x3_ukernel *)e->fn, e->name);
+        check_x3_exact(NULL, (nsa_pv_x3_ukernel *)e->fn, e->name);
+        break;
     case SLOT_qk_bf16:
-        check_qk(NULL, (nsa_qk_bf16_ukernel *)e->fn, e->name);
+        check_qk(NULL, (nsa_qk_bf16_ukernel *)e->fn, NULL, e->name);
         check_bf16_exact((nsa_qk_bf16_ukernel *)e->fn, NULL, e->name);
         break;
     case SLOT_pv_bf16:
-        check_pv(NULL, (nsa_pv_bf16_ukernel *)e->fn, e->name);
+        check_pv(NULL, (nsa_pv_bf16_ukernel *)e->fn, NULL, e->name);
         check_bf16_exact(NULL, (nsa_pv_bf16_ukernel *)e->fn, e->name);
         break;
     case SLOT_softmax: check_softmax((nsa_softmax_ukernel *)e->fn, e->name); break;

@@ -12,9 +12,12 @@
  * is represented exactly, every bf16 x bf16 product is exact in fp32, and
  * the sums are fp32 sums: the arithmetic stays fp32, only its order differs
  * from the FMA kernels. Three tile products still cost far fewer cycles than
- * the FMAs they replace. (Exactly so for |x| >= 2^-103: below, the smallest
- * terms are bf16 denormals, which tile products read as zero; such values
- * are ~1e-31 of their row's largest and change nothing measurable.)
+ * the FMAs they replace. Keys and values stored as fp32 are split the same
+ * way when the forward packs them (the x3 kernels): six tile products per
+ * step then keep all but terms below 2^-23 of each product. (Exactly so for
+ * |x| >= 2^-103: below, the smallest terms are bf16 denormals, which tile
+ * products read as zero; such values are ~1e-31 of their row's largest and
+ * change nothing measurable.)
  */
 #ifndef NSA_AMX_HELPERS_H
 #define NSA_AMX_HELPERS_H
@@ -64,20 +67,40 @@ static inline void nsa_amx_end(void)
         _tile_dpbf16ps(acc, 6, 7);                                                          \
     } while (0)
 
+/* Tile products of split left (tiles 2-4: hi, mid, lo) and right (tiles
+ * 5-7) operands into accumulator `acc`: six of the nine term products,
+ * the dropped three (mid.lo, lo.mid, lo.lo) below 2^-23 of the product
+ * (ukernels.h). For the x3 kernels' tile numbering. */
+#define NSA_AMX_SIX_TERMS(acc)                                                              \
+    do {                                                                                    \
+        _tile_dpbf16ps(acc, 2, 5);                                                          \
+        _tile_dpbf16ps(acc, 2, 6);                                                          \
+        _tile_dpbf16ps(acc, 3, 5);                                                          \
+        _tile_dpbf16ps(acc, 2, 7);                                                          \
+        _tile_dpbf16ps(acc, 4, 5);                                                          \
+        _tile_dpbf16ps(acc, 3, 6);                                                          \
+    } while (0)
+
+/* x rounded to the nearest bf16 (ties to even), still as fp32: the vector
+ * form of nsa_bf16_nearest (ukernels.h). */
+static inline __m512 nsa_amx_nearest_bf16(__m512 x)
+{
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i up = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    return _mm512_castsi512_ps(_mm512_and_si512(up, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
 /* x == hi + mid + lo exactly, for the 32 values of x0 and x1, each term
- * stored as 32 bf16: hi and mid are x and its remainder truncated to bf16
- * (the remainders are exact fp32 subtractions), lo what is left, at most 8
- * significant bits. The terms are bf16 values already, so the conversion
- * (round to nearest even) changes none of them. */
+ * stored as 32 bf16: nsa_split3 (ukernels.h) in vector form. The terms are
+ * bf16 values already, so the conversion (round to nearest even) changes
+ * none of them. */
 static inline void nsa_amx_split3(__m512 x0, __m512 x1, uint16_t *hi, uint16_t *mid,
                                   uint16_t *lo)
 {
-    const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
-    const __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), top));
-    const __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), top));
+    const __m512 h0 = nsa_amx_nearest_bf16(x0), h1 = nsa_amx_nearest_bf16(x1);
     const __m512 r0 = _mm512_sub_ps(x0, h0), r1 = _mm512_sub_ps(x1, h1);
-    const __m512 m0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r0), top));
-    const __m512 m1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(r1), top));
+    const __m512 m0 = nsa_amx_nearest_bf16(r0), m1 = nsa_amx_nearest_bf16(r1);
     const __m512 l0 = _mm512_sub_ps(r0, m0), l1 = _mm512_sub_ps(r1, m1);
     _mm512_storeu_si512(hi, (__m512i)_mm512_cvtne2ps_pbh(h1, h0));
     _mm512_storeu_si512(mid, (__m512i)_mm512_cvtne2ps_pbh(m1, m0));
