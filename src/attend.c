@@ -29,7 +29,10 @@ void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv
 static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                    int64_t first_panel, int64_t np, float *s, size_t lds)
 {
-    if (keys->kp != NULL)
+    if (keys->kp3 != NULL)
+        uk->qk_x3(rows->m, (size_t)np, rows->dk, rows->q3, nsa_x3_row_words(rows->dk),
+                  keys->kp3 + (size_t)first_panel * nsa_x3_panel_words(rows->dk), s, lds);
+    else if (keys->kp != NULL)
         uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
                keys->kp + (size_t)first_panel * rows->dk * NSA_PANEL, s, lds);
     else
@@ -38,13 +41,16 @@ static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys 
 }
 
 /* acc += p[m][count] . V[key .. key + count) (count <= PV_STEP; for bf16
- * values key is even: their rows hold pairs). */
+ * and split values key is even: their rows hold pairs). */
 static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                        int64_t key, int64_t count, const float *p, size_t ldp,
                        const nsa_softmax_state *state)
 {
     const size_t offset = (size_t)key * keys->ldv;
-    if (keys->v != NULL)
+    if (keys->v3 != NULL)
+        uk->pv_x3(rows->m, (size_t)count, rows->dv, p, ldp, keys->v3 + 3 * offset, keys->ldv,
+                  state->acc, state->ldacc);
+    else if (keys->v != NULL)
         uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->v + offset, keys->ldv,
                state->acc, state->ldacc);
     else
@@ -67,8 +73,8 @@ void nsa_attend_probabilities(const nsa_ukernels *uk, const nsa_rows *rows,
     }
     if (used->last < 0)
         return; /* no row takes any key here */
-    if (keys->v16 != NULL)
-        used->first -= used->first % 2; /* bf16 value rows start on even keys; s is 0 there */
+    if (keys->v16 != NULL || keys->v3 != NULL)
+        used->first -= used->first % 2; /* paired value rows start on even keys; s is 0 there */
     scores(uk, rows, keys, first_panel, np, s, lds);
     uk->softmax(rows->m, (size_t)(np * NSA_PANEL), lo, hi, s, lds, state->max, state->sum,
                 rows->dv, state->acc, state->ldacc);

@@ -18,13 +18,17 @@
  * paper's l' = 64, four panels. */
 enum { NSA_ATTEND_CHUNK = 64 };
 
-/* The keys of one sequence and KV head, laid out for the kernels: fp32, or
- * bf16 (a KV cache's storage), which the bf16 kernels widen as they read. */
+/* The keys of one sequence and KV head, laid out for the kernels: fp32,
+ * bf16 (a KV cache's storage), which the bf16 kernels widen as they read,
+ * or fp32 split into three bf16 terms for the x3 kernels (tile products;
+ * the rows then carry their split queries too). */
 typedef struct nsa_keys {
     const float *kp;      /* fp32 panels; panel 0 starts at key 0 */
     const float *v;       /* fp32 value rows; row 0 is key 0 */
     const uint16_t *kp16; /* or bf16 panels and value rows (kp, v NULL) */
     const uint16_t *v16;
+    const uint16_t *kp3;  /* or split panels and value rows (ukernels.h) */
+    const uint16_t *v3;
     size_t ldv;
     int64_t count; /* keys that exist (v has this many rows) */
 } nsa_keys;
@@ -35,11 +39,13 @@ typedef struct nsa_softmax_state {
     size_t ldacc;
 } nsa_softmax_state;
 
-/* The rows of a tile: m query rows q[m][dk] (contiguous, packed). */
+/* The rows of a tile: m query rows q[m][dk] (contiguous, packed), and
+ * for split keys the same rows scaled and split (split_x3, ukernels.h). */
 typedef struct nsa_rows {
     size_t m, dk, dv;
     float scale;
     const float *q;
+    const uint16_t *q3;
 } nsa_rows;
 
 void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv);

@@ -27,6 +27,7 @@
 #include "memory.h"
 #include "saved.h"
 #include "selected.h"
+#include "split_keys.h"
 #include "tile.h"
 
 /* A unit of work: phase 1 packs and compresses panels [first, first+count)
@@ -51,6 +52,11 @@ typedef struct forward_run {
     float *kp;      /* key panels [Hkv][total panels][Dk][NSA_PANEL] */
     float *vp;      /* values per head [Hkv][T][Dv] */
     float *kcp;     /* compressed key panels, same layout */
+    /* Or, when the plan's kernels run on tile products (split_fp32), the
+     * same split (split_keys.h) instead of kp, vp and kcp: key panels
+     * [Hkv][total panels][x3 panel], value pair rows [Hkv][total panels *
+     * 8][3][2 Dv], and the compressed ones on the compressed panels. */
+    uint16_t *kp3, *vp3, *kcp3, *vcp3;
     int32_t *blocks;  /* [T][Hkv][n]: the selections, for phase 3 */
     int32_t *own_blocks; /* the same, when the caller did not ask for them */
     work_item *items;
@@ -64,6 +70,21 @@ static float *seq_panels(const forward_run *run, float *base, const int64_t *off
 {
     const int64_t B = run->call.batch->num_seqs, dk = run->call.plan->cfg.head_dim_qk;
     return base + (size_t)((h * offset[B] + offset[b]) * dk * NSA_PANEL);
+}
+
+/* Pair rows of split values per panel of keys. */
+enum { PAIRS_PER_PANEL = NSA_PANEL / 2 };
+
+/* The split key panels (dim = Dk) or value pair rows (dim = Dv, values)
+ * of sequence b and head h, on panels counted by offset. */
+static uint16_t *seq_split(const forward_run *run, uint16_t *base, const int64_t *offset,
+                           int64_t b, int64_t h, int values)
+{
+    const nsa_config *cfg = &run->call.plan->cfg;
+    const int64_t B = run->call.batch->num_seqs;
+    const size_t per_panel = values ? PAIRS_PER_PANEL * 3 * 2 * (size_t)cfg->head_dim_v
+                                    : nsa_x3_panel_words((size_t)cfg->head_dim_qk);
+    return base + (size_t)(h * offset[B] + offset[b]) * per_panel;
 }
 
 /* Panels [first, first + count) of x's rows (row i at x + i * ldx, rows
@@ -97,6 +118,17 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
         const int64_t b = it->seq, h = it->head, start = call->batch->cu_seqlens[b];
         const int64_t len = call->batch->cu_seqlens[b + 1] - start;
         const float *k = call->k + (size_t)((start * hkv + h) * dk);
+        if (it->tensor == 2 && run->kp3 != NULL) { /* split: panels and pair rows */
+            const float *v = call->v + (size_t)((start * hkv + h) * dv);
+            nsa_pack_panels_x3(k, (size_t)(hkv * dk), len, dk, it->first, it->count,
+                               seq_split(run, run->kp3, run->p_offset, b, h, 0) +
+                                   (size_t)it->first * nsa_x3_panel_words((size_t)dk));
+            nsa_pack_values_x3(v, (size_t)(hkv * dv), len, dv, it->first * PAIRS_PER_PANEL,
+                               it->count * PAIRS_PER_PANEL, (size_t)dv,
+                               seq_split(run, run->vp3, run->p_offset, b, h, 1) +
+                                   (size_t)(it->first * PAIRS_PER_PANEL * 6 * dv));
+            continue;
+        }
         if (it->tensor == 2) { /* raw key panels, and the same tokens' values */
             float *dst = seq_panels(run, run->kp, run->p_offset, b, h);
             pack_panels(k, (size_t)(hkv * dk), len, dk, it->first, it->count,
@@ -117,13 +149,24 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
         nsa_compress(call->plan, it->tensor == 0 ? call->cmp_k : call->cmp_v, (int32_t)dim,
                      (int32_t)h, it->tensor == 0 ? k : call->v + (size_t)((start * hkv + h) * dv),
                      (size_t)(hkv * dim), it->first, it->count, y, run->scratch[worker]);
-        if (it->tensor == 0) { /* the first token is a panel boundary */
-            float *dst = seq_panels(run, run->kcp, run->cp_offset, b, h);
-            int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
-            const float *rows = run->kc + (size_t)((h * total_c + run->c_offset[b]) * dk);
-            pack_panels(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL,
-                        nsa_panels_of(it->count), dst + (size_t)(it->first * dk));
-        }
+        const int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
+        const float *rows = (it->tensor == 0 ? run->kc : run->vc) +
+                            (size_t)((h * total_c + run->c_offset[b]) * dim);
+        if (run->kp3 != NULL && it->tensor == 0) /* the first token is a panel boundary */
+            nsa_pack_panels_x3(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL,
+                               nsa_panels_of(it->count),
+                               seq_split(run, run->kcp3, run->cp_offset, b, h, 0) +
+                                   (size_t)(it->first / NSA_PANEL) *
+                                       nsa_x3_panel_words((size_t)dk));
+        else if (run->kp3 != NULL) /* ... and an even one */
+            nsa_pack_values_x3(rows, (size_t)dv, nc, dv, it->first / 2, (it->count + 1) / 2,
+                               (size_t)dv,
+                               seq_split(run, run->vcp3, run->cp_offset, b, h, 1) +
+                                   (size_t)(it->first / 2 * 6 * dv));
+        else if (it->tensor == 0)
+            pack_panels(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL, nsa_panels_of(it->count),
+                        seq_panels(run, run->kcp, run->cp_offset, b, h) +
+                            (size_t)(it->first * dk));
     }
 }
 
@@ -169,15 +212,23 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
     const int64_t g = call->plan->group_size, hq = cfg->num_q_heads, hkv = cfg->num_kv_heads;
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v, n = cfg->sel_count;
     const int64_t token = start + it->first; /* the tile's first query */
+    const int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
+    nsa_keys raw = {.ldv = (size_t)dv, .count = len};
+    nsa_keys compressed = {.ldv = (size_t)dv, .count = nc};
+    if (run->kp3 != NULL) {
+        raw.kp3 = seq_split(run, run->kp3, run->p_offset, b, h, 0);
+        raw.v3 = seq_split(run, run->vp3, run->p_offset, b, h, 1);
+        compressed.kp3 = seq_split(run, run->kcp3, run->cp_offset, b, h, 0);
+        compressed.v3 = seq_split(run, run->vcp3, run->cp_offset, b, h, 1);
+    } else {
+        raw.kp = seq_panels(run, run->kp, run->p_offset, b, h);
+        raw.v = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
+        compressed.kp = seq_panels(run, run->kcp, run->cp_offset, b, h);
+        compressed.v = run->vc + (size_t)((h * run->c_offset[B] + run->c_offset[b]) * dv);
+    }
     return (nsa_tile){
-        .raw = {.kp = seq_panels(run, run->kp, run->p_offset, b, h),
-                .v = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv),
-                .ldv = (size_t)dv,
-                .count = len},
-        .compressed = {.kp = seq_panels(run, run->kcp, run->cp_offset, b, h),
-                       .v = run->vc + (size_t)((h * run->c_offset[B] + run->c_offset[b]) * dv),
-                       .ldv = (size_t)dv,
-                       .count = run->c_offset[b + 1] - run->c_offset[b]},
+        .raw = raw,
+        .compressed = compressed,
         .len = len,
         .first = it->first,
         .count = it->count,
@@ -317,6 +368,10 @@ static void run_free(forward_run *run, int32_t workers)
     nsa_free_large(run->kp);
     nsa_free_large(run->vp);
     nsa_free_large(run->kcp);
+    nsa_free_large(run->kp3);
+    nsa_free_large(run->vp3);
+    nsa_free_large(run->kcp3);
+    nsa_free_large(run->vcp3);
     free(run->c_offset);
 }
 
@@ -347,9 +402,19 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     }
     run->kc = nsa_alloc_floats(hkv * run->c_offset[B] * dk);
     run->vc = nsa_alloc_floats(hkv * run->c_offset[B] * dv);
-    run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
-    run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
-    run->kcp = nsa_alloc_large((size_t)(hkv * run->cp_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
+    const int split = call->plan->kernels.split_fp32;
+    if (split) { /* 1.5x the bytes of fp32 panels */
+        const size_t key_words = nsa_x3_panel_words((size_t)dk);
+        const size_t value_words = PAIRS_PER_PANEL * 3 * 2 * (size_t)dv;
+        run->kp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * key_words * 2, 0);
+        run->vp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * value_words * 2, 0);
+        run->kcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * key_words * 2, 0);
+        run->vcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * value_words * 2, 0);
+    } else {
+        run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
+        run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
+        run->kcp = nsa_alloc_large((size_t)(hkv * run->cp_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
+    }
 
     int64_t n1 = prepare_items(run, NULL), n2 = attend_items(run, NULL);
     int64_t n3 = call->dense ? 0 : selected_items(run, NULL);
@@ -373,8 +438,10 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
             run->scratch_floats = selected;
     }
     run->scratch = nsa_worker_scratch_alloc(workers, run->scratch_floats);
-    if (run->kc == NULL || run->vc == NULL || run->kp == NULL || run->vp == NULL ||
-        run->kcp == NULL || (!call->dense && run->blocks == NULL) ||
+    const int packed = split ? run->kp3 != NULL && run->vp3 != NULL && run->kcp3 != NULL &&
+                                   run->vcp3 != NULL
+                             : run->kp != NULL && run->vp != NULL && run->kcp != NULL;
+    if (run->kc == NULL || run->vc == NULL || !packed || (!call->dense && run->blocks == NULL) ||
         run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
     return NSA_SUCCESS;

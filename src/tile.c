@@ -22,6 +22,7 @@ enum { CMP_CHUNK_KEYS = 256 };
 /* A worker's scratch, carved out of one block of floats. */
 struct nsa_tile_scratch {
     float *q;            /* [m][Dk] the tile's rows, packed */
+    uint16_t *q3, *q3_sub; /* split rows (split keys only): the tile's, a sub-tile's */
     float *s_cmp;        /* [m][lds_cmp] compressed scores, then probabilities */
     size_t lds_cmp;
     float *chunk_max;    /* [m][ld_chunk]: each row's maximum after each chunk */
@@ -72,6 +73,10 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     nsa_carver c = {.base = (char *)f};
     nsa_tile_scratch v = {0};
     v.q = nsa_carve(&c, m * dk * sizeof(float));
+    if (plan->kernels.split_fp32) {
+        v.q3 = nsa_carve(&c, nsa_x3_query_words(m, dk) * sizeof(uint16_t));
+        v.q3_sub = nsa_carve(&c, nsa_x3_query_words(m, dk) * sizeof(uint16_t));
+    }
     v.s_cmp = nsa_carve(&c, m * lds_cmp * sizeof(float));
     v.chunk_max = nsa_carve(&c, m * ld_chunk * sizeof(float));
     v.weight = nsa_carve(&c, (size_t)plan->group_size * sizeof(float));
@@ -104,13 +109,38 @@ size_t nsa_tile_scratch_floats(const nsa_plan *plan, int64_t max_queries, int64_
     return scratch_carve(plan, max_queries, max_len, NULL, NULL);
 }
 
-/* Copies the tile's query rows together, so the kernels see one matrix. */
-static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, float *q)
+/* Whether the tile's keys are split (the forward's, on tile products). */
+static int split_keys(const nsa_tile *tile)
 {
-    const size_t row_floats = (size_t)(plan->group_size * plan->cfg.head_dim_qk);
+    return tile->raw.kp3 != NULL || tile->compressed.kp3 != NULL;
+}
+
+/* Copies the tile's query rows together, so the kernels see one matrix,
+ * and splits them once when the keys are split. */
+static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scratch *t)
+{
+    const size_t dk = (size_t)plan->cfg.head_dim_qk;
+    const size_t row_floats = (size_t)plan->group_size * dk;
     for (int64_t i = 0; i < tile->count; i++)
-        memcpy(q + (size_t)i * row_floats, tile->q + (size_t)i * tile->q_stride,
-               row_floats * sizeof *q);
+        memcpy(t->q + (size_t)i * row_floats, tile->q + (size_t)i * tile->q_stride,
+               row_floats * sizeof *t->q);
+    if (split_keys(tile))
+        plan->kernels.split_x3((size_t)tile->count * (size_t)plan->group_size, dk,
+                               plan->cfg.scale, t->q, dk, t->q3);
+}
+
+/* The split rows from row0 on, for m rows: the tile's own from a multiple
+ * of 16 (the layout's blocks), else split again. NULL for unsplit keys. */
+static const uint16_t *split_rows_from(const nsa_plan *plan, const nsa_tile *tile,
+                                       const nsa_tile_scratch *t, size_t row0, size_t m)
+{
+    const size_t dk = (size_t)plan->cfg.head_dim_qk;
+    if (!split_keys(tile))
+        return NULL;
+    if (row0 % 16 == 0)
+        return t->q3 + nsa_x3_query_words(row0, dk);
+    plan->kernels.split_x3(m, dk, plan->cfg.scale, t->q + row0 * dk, dk, t->q3_sub);
+    return t->q3_sub;
 }
 
 /* Blocks for the query at position pos of a sequence of len keys, from
@@ -334,9 +364,9 @@ static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scr
 {
     const nsa_config *cfg = &plan->cfg;
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
-    const size_t row0 = (size_t)(sub * plan->group_size);
-    const nsa_rows rows = {.m = (size_t)(count * plan->group_size), .dk = dk, .dv = dv,
-                           .scale = cfg->scale, .q = t->q + row0 * dk};
+    const size_t row0 = (size_t)(sub * plan->group_size), m = (size_t)(count * plan->group_size);
+    const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = t->q + row0 * dk,
+                           .q3 = split_rows_from(plan, tile, t, row0, m)};
     const nsa_softmax_state part = {.max = t->branch[branch].max + row0,
                                     .sum = t->branch[branch].sum + row0,
                                     .acc = t->branch[branch].acc + row0 * dv,
@@ -358,9 +388,9 @@ void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_que
     nsa_tile_scratch scratch_view, *t = &scratch_view;
     scratch_carve(plan, max_queries, max_len, scratch, t);
 
-    pack_queries(plan, tile, t->q);
+    pack_queries(plan, tile, t);
     const nsa_rows rows = {.m = m, .dk = (size_t)dk, .dv = (size_t)dv, .scale = cfg->scale,
-                           .q = t->q};
+                           .q = t->q, .q3 = t->q3};
     for (int i = 0; i < 3; i++)
         nsa_softmax_state_reset(&t->branch[i], m, (size_t)dv);
 
@@ -399,14 +429,14 @@ void nsa_tile_attend_dense(const nsa_plan *plan, const nsa_tile *tile, int64_t m
     nsa_tile_scratch scratch_view, *t = &scratch_view;
     scratch_carve(plan, max_queries, max_len, scratch, t);
 
-    pack_queries(plan, tile, t->q);
+    pack_queries(plan, tile, t);
     for (int64_t tq = 0; tq < count; tq++)
         for (int64_t r = tq * g; r < (tq + 1) * g; r++) {
             t->row_first[r] = 0;
             t->row_last[r] = cfg->causal ? t0 + tq : len - 1;
         }
     const nsa_rows rows = {.m = m, .dk = (size_t)dk, .dv = (size_t)dv, .scale = cfg->scale,
-                           .q = t->q};
+                           .q = t->q, .q3 = t->q3};
     const nsa_softmax_state *s = &t->branch[2];
     nsa_softmax_state_reset(s, m, (size_t)dv);
     nsa_attend_keys(&plan->kernels, &rows, &tile->raw, 0, cfg->causal ? t0 + count - 1 : len - 1,

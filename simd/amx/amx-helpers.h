@@ -107,12 +107,17 @@ static inline void nsa_amx_split3(__m512 x0, __m512 x1, uint16_t *hi, uint16_t *
     _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(l1, l0));
 }
 
-/* Asks for the 16 rows of a right tile (row stride `stride` words) ahead
+/* Asks for `count` rows of a right tile (row stride `stride` words) ahead
  * of its load: tile loads seem not to train the hardware prefetchers. */
+static inline void nsa_amx_prefetch_rows(const uint16_t *rows, size_t stride, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        _mm_prefetch((const char *)(rows + i * stride), _MM_HINT_T0);
+}
+
 static inline void nsa_amx_prefetch_tile(const uint16_t *rows, size_t stride)
 {
-    for (size_t i = 0; i < NSA_AMX_ROWS; i++)
-        _mm_prefetch((const char *)(rows + i * stride), _MM_HINT_T0);
+    nsa_amx_prefetch_rows(rows, stride, NSA_AMX_ROWS);
 }
 
 /* The left tiles' rows: 16 rows x width columns (width a multiple of 32)

@@ -44,6 +44,16 @@ static void load_value_terms(const uint16_t *v, size_t ldv, size_t k, size_t nk,
     _tile_loadd(7, pad + 2 * NSA_AMX_ROWS * NSA_AMX_DEPTH, NSA_AMX_BYTES);
 }
 
+/* Asks for the three terms of the right tile of keys k .. k + 32 (below
+ * nk) and channels d .. d + 16 ahead of use. */
+static void prefetch_value_terms(const uint16_t *v, size_t ldv, size_t k, size_t nk, size_t d)
+{
+    const size_t row = 2 * ldv, stride = 3 * row, rows = (nk - k + 1) / 2;
+    const uint16_t *at = v + k / 2 * stride + 2 * d;
+    for (size_t t = 0; t < 3; t++)
+        nsa_amx_prefetch_rows(at + t * row, stride, rows < NSA_AMX_ROWS ? rows : NSA_AMX_ROWS);
+}
+
 /* Moves accumulator tile `second` from (to_tile) or to acc's rows x 16
  * channels from d: in place when all are there, else through `buf`. */
 static void move_acc(int second, int to_tile, float *acc, size_t ldacc, size_t rows, size_t d,
@@ -91,9 +101,13 @@ static void pv_rows(size_t rows, size_t k0, size_t count, size_t dv, const uint1
             _tile_loadd(2, split + j, ld * sizeof(uint16_t));
             _tile_loadd(3, split + term + j, ld * sizeof(uint16_t));
             _tile_loadd(4, split + 2 * term + j, ld * sizeof(uint16_t));
+            if (k0 + j + NSA_AMX_DEPTH < end) /* the same tiles 32 keys on */
+                prefetch_value_terms(v, ldv, k0 + j + NSA_AMX_DEPTH, end, d);
             load_value_terms(v, ldv, k0 + j, end, d, dv, pad);
             NSA_AMX_SIX_TERMS(0);
             if (two) {
+                if (k0 + j + NSA_AMX_DEPTH < end)
+                    prefetch_value_terms(v, ldv, k0 + j + NSA_AMX_DEPTH, end, d + 16);
                 load_value_terms(v, ldv, k0 + j, end, d + 16, dv, pad);
                 NSA_AMX_SIX_TERMS(1);
             }

@@ -56,10 +56,19 @@ static void store_scores(int second, size_t rows, float *s, size_t lds, float *o
             _mm512_storeu_ps(s + r * lds, _mm512_load_ps(out + r * NSA_PANEL));
 }
 
+/* Asks for channels c0 .. c0 + 32 of a panel's three terms ahead of use. */
+static void prefetch_key_terms(const uint16_t *panel, size_t words, size_t c0, size_t dk)
+{
+    const size_t rows = (dk - c0 < NSA_AMX_DEPTH ? dk - c0 + 1 : NSA_AMX_DEPTH) / 2;
+    for (size_t t = 0; t < 3; t++)
+        nsa_amx_prefetch_rows(panel + t * words + c0 * NSA_PANEL, NSA_AMX_DEPTH, rows);
+}
+
 /* s[rows][np * 16] for up to 16 rows, term t of row r at split + t *
- * term + r * ld. */
+ * term + r * ld. The first block of rows (fetch) asks for the panels two
+ * ahead as it goes: the later blocks find them in cache. */
 static void qk_rows(size_t rows, size_t np, size_t dk, const uint16_t *split, size_t term,
-                    size_t ld, const uint16_t *kp, float *s, size_t lds)
+                    size_t ld, const uint16_t *kp, float *s, size_t lds, int fetch)
 {
     _Alignas(64) uint16_t pad[3 * NSA_AMX_ROWS * NSA_AMX_DEPTH];
     _Alignas(64) float out[NSA_AMX_ROWS * NSA_PANEL];
@@ -73,8 +82,12 @@ static void qk_rows(size_t rows, size_t np, size_t dk, const uint16_t *split, si
             _tile_loadd(2, split + c0, ld * sizeof(uint16_t));
             _tile_loadd(3, split + term + c0, ld * sizeof(uint16_t));
             _tile_loadd(4, split + 2 * term + c0, ld * sizeof(uint16_t));
+            if (fetch && p + 2 < np)
+                prefetch_key_terms(panel + 6 * words, words, c0, dk);
             load_key_terms(panel, words, c0, dk, pad);
             NSA_AMX_SIX_TERMS(0);
+            if (fetch && p + 3 < np)
+                prefetch_key_terms(panel + 9 * words, words, c0, dk);
             if (two) {
                 load_key_terms(panel + 3 * words, words, c0, dk, pad);
                 NSA_AMX_SIX_TERMS(1);
@@ -93,7 +106,7 @@ void nsa_x3_qk_ukernel_16x32__amx(size_t m, size_t np, size_t dk, const uint16_t
     nsa_amx_begin();
     for (size_t r0 = 0; r0 < m; r0 += NSA_AMX_ROWS) {
         const size_t rows = m - r0 < NSA_AMX_ROWS ? m - r0 : NSA_AMX_ROWS;
-        qk_rows(rows, np, dk, q + r0 * 3 * ldq, term, ldq, kp, s + r0 * lds, lds);
+        qk_rows(rows, np, dk, q + r0 * 3 * ldq, term, ldq, kp, s + r0 * lds, lds, r0 == 0);
     }
     nsa_amx_end();
 }
