@@ -393,11 +393,14 @@ static bit_diff compare_grad_bits(const char *what, const grad_set *a, const gra
  * kernels the log-sum-exps nsa_backward recomputes may differ from
  * nsa_forward_train's in the last bits (the two compute the selected
  * branch's with different code), and the gradients then differ by a few
- * ulps (observed <= 1.5e-7). The documentation promises
+ * ulps (observed <= 1.5e-7). With tile products (amx) nsa_forward_train
+ * runs the x3 kernels (fp32 split into bf16 terms, another summation
+ * order) while the recomputation runs the AVX-512 ones: gradients of ~1
+ * then differ by up to ~25 ulps (observed <= 2.9e-6). The documentation promises
  * bitwise equality across runs and thread counts, not between the two ways
  * of calling, so this asks for agreement within SAVED_VS_RECOMPUTED_TOL
  * (relative above 1) and reports how many elements differ in their bits. */
-#define SAVED_VS_RECOMPUTED_TOL 1e-6
+#define SAVED_VS_RECOMPUTED_TOL 1e-5
 
 typedef struct saved_vs_recomputed {
     bit_diff bits;
