@@ -110,8 +110,16 @@ typedef enum nsa_isa {
     NSA_ISA_NEON = 3,   /* Advanced SIMD (aarch64) */
     NSA_ISA_AMX = 4     /* avx512 plus AMX-BF16 tiles and AVX512-BF16: bf16 KV
                          * caches are read with tile products (see
-                         * nsa_dtype); each such kernel call configures the
-                         * tiles and releases them before it returns */
+                         * nsa_dtype), and the fp32 forward (nsa_forward,
+                         * nsa_forward_train, nsa_dense_forward) runs its
+                         * products on tiles with each fp32 operand split
+                         * into three exact bf16 terms: fp32 accuracy (six
+                         * of the nine term products; the three dropped are
+                         * below 2^-23 of each product), another summation
+                         * order than the FMA kernels, 1.5x the bytes for
+                         * the packed K and V; each such kernel call
+                         * configures the tiles and releases them before it
+                         * returns */
 } nsa_isa;
 
 /* "ref", "avx2", "avx512", "neon", "amx"; "unknown" otherwise. */
