@@ -24,6 +24,7 @@
 
 #include "bench.h"
 #include "cpu_features.h"
+#include "forward.h"
 #include "split_keys.h"
 #include "ukernels.h"
 
@@ -207,7 +208,10 @@ static void init_buffers(buffers *b, uint64_t seed)
 {
     uint64_t st = seed * 0x9E3779B97F4A7C15ull + 7;
     fill(b->q, M * DK, -1, 1, &st);
-    fill(b->kp, NP * DK * NSA_PANEL, -1, 1, &st);
+    float keys[NK * DK]; /* key rows, packed into kp and split into kp3 */
+    fill(keys, NK * DK, -1, 1, &st);
+    nsa_pack_panels(keys, DK, NK, DK, 0, NP, b->kp);
+    nsa_pack_panels_x3(keys, DK, NK, DK, 0, NP, b->kp3);
     fill(b->p, M * NK, 0, 1, &st);
     fill(b->v, NK * DV, -1, 1, &st);
     fill(b->s_pristine, M * NK, -4, 4, &st);
@@ -230,16 +234,6 @@ static void init_buffers(buffers *b, uint64_t seed)
     fill(b->x, POOL_L * DV, -1, 1, &st);
     fill_bf16(b->kp16, NP * DK * NSA_PANEL, &st);
     fill_bf16(b->v16, NK * DV, &st);
-    const size_t words = nsa_bf16_panel_words(DK);
-    for (size_t j = 0; j < NP * NSA_PANEL; j++) /* kp's keys, split */
-        for (size_t c = 0; c < DK; c++) {
-            uint16_t terms[3];
-            nsa_split3(b->kp[j / NSA_PANEL * DK * NSA_PANEL + c * NSA_PANEL + j % NSA_PANEL],
-                       terms);
-            for (size_t t = 0; t < 3; t++)
-                b->kp3[(3 * (j / NSA_PANEL) + t) * words +
-                       nsa_bf16_key_at(DK, j % NSA_PANEL, c)] = terms[t];
-        }
     nsa_pack_values_x3(b->v, DV, NK, DV, 0, NK / 2, DV, b->v3);
     nsa_x3_split_ukernel__ref(M, DK, 0.088388f, b->q, DK, b->q3);
     memset(b->acc, 0, sizeof b->acc);

@@ -48,7 +48,8 @@ static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_k
 {
     const size_t offset = (size_t)key * keys->ldv;
     if (keys->v3 != NULL)
-        uk->pv_x3(rows->m, (size_t)count, rows->dv, p, ldp, keys->v3 + 3 * offset, keys->ldv,
+        uk->pv_x3(rows->m, (size_t)count, rows->dv, p, ldp, keys->v3 + (size_t)key / 2 * nsa_x3_pair_words(keys->ldv),
+                  keys->ldv,
                   state->acc, state->ldacc);
     else if (keys->v != NULL)
         uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->v + offset, keys->ldv,

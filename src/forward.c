@@ -75,16 +75,21 @@ static float *seq_panels(const forward_run *run, float *base, const int64_t *off
 /* Pair rows of split values per panel of keys. */
 enum { PAIRS_PER_PANEL = NSA_PANEL / 2 };
 
-/* The split key panels (dim = Dk) or value pair rows (dim = Dv, values)
- * of sequence b and head h, on panels counted by offset. */
+/* Words of the split keys (values = 0) or values of one panel of keys. */
+static size_t split_panel_words(const nsa_config *cfg, int values)
+{
+    return values ? PAIRS_PER_PANEL * nsa_x3_pair_words((size_t)cfg->head_dim_v)
+                  : nsa_x3_panel_words((size_t)cfg->head_dim_qk);
+}
+
+/* The split key panels or value pair rows of sequence b and head h, on
+ * panels counted by offset. */
 static uint16_t *seq_split(const forward_run *run, uint16_t *base, const int64_t *offset,
                            int64_t b, int64_t h, int values)
 {
-    const nsa_config *cfg = &run->call.plan->cfg;
     const int64_t B = run->call.batch->num_seqs;
-    const size_t per_panel = values ? PAIRS_PER_PANEL * 3 * 2 * (size_t)cfg->head_dim_v
-                                    : nsa_x3_panel_words((size_t)cfg->head_dim_qk);
-    return base + (size_t)(h * offset[B] + offset[b]) * per_panel;
+    return base + (size_t)(h * offset[B] + offset[b]) *
+                      split_panel_words(&run->call.plan->cfg, values);
 }
 
 /* Panels [first, first + count) of x's rows (row i at x + i * ldx, rows
@@ -122,11 +127,11 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
             const float *v = call->v + (size_t)((start * hkv + h) * dv);
             nsa_pack_panels_x3(k, (size_t)(hkv * dk), len, dk, it->first, it->count,
                                seq_split(run, run->kp3, run->p_offset, b, h, 0) +
-                                   (size_t)it->first * nsa_x3_panel_words((size_t)dk));
+                                   (size_t)it->first * split_panel_words(cfg, 0));
             nsa_pack_values_x3(v, (size_t)(hkv * dv), len, dv, it->first * PAIRS_PER_PANEL,
                                it->count * PAIRS_PER_PANEL, (size_t)dv,
                                seq_split(run, run->vp3, run->p_offset, b, h, 1) +
-                                   (size_t)(it->first * PAIRS_PER_PANEL * 6 * dv));
+                                   (size_t)it->first * split_panel_words(cfg, 1));
             continue;
         }
         if (it->tensor == 2) { /* raw key panels, and the same tokens' values */
@@ -156,13 +161,12 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
             nsa_pack_panels_x3(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL,
                                nsa_panels_of(it->count),
                                seq_split(run, run->kcp3, run->cp_offset, b, h, 0) +
-                                   (size_t)(it->first / NSA_PANEL) *
-                                       nsa_x3_panel_words((size_t)dk));
+                                   (size_t)(it->first / NSA_PANEL) * split_panel_words(cfg, 0));
         else if (run->kp3 != NULL) /* ... and an even one */
             nsa_pack_values_x3(rows, (size_t)dv, nc, dv, it->first / 2, (it->count + 1) / 2,
                                (size_t)dv,
                                seq_split(run, run->vcp3, run->cp_offset, b, h, 1) +
-                                   (size_t)(it->first / 2 * 6 * dv));
+                                   (size_t)(it->first / 2) * nsa_x3_pair_words((size_t)dv));
         else if (it->tensor == 0)
             pack_panels(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL, nsa_panels_of(it->count),
                         seq_panels(run, run->kcp, run->cp_offset, b, h) +
@@ -404,8 +408,7 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     run->vc = nsa_alloc_floats(hkv * run->c_offset[B] * dv);
     const int split = call->plan->kernels.split_fp32;
     if (split) { /* 1.5x the bytes of fp32 panels */
-        const size_t key_words = nsa_x3_panel_words((size_t)dk);
-        const size_t value_words = PAIRS_PER_PANEL * 3 * 2 * (size_t)dv;
+        const size_t key_words = split_panel_words(cfg, 0), value_words = split_panel_words(cfg, 1);
         run->kp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * key_words * 2, 0);
         run->vp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * value_words * 2, 0);
         run->kcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * key_words * 2, 0);

@@ -121,6 +121,11 @@ static void move_state(const nsa_softmax_state *chunk, const nsa_softmax_state *
  * the block is hot in cache, instead of being gathered into one tile. */
 enum { IN_PLACE_GROUP = 8 };
 
+static int in_place(const nsa_plan *plan)
+{
+    return plan->group_size >= IN_PLACE_GROUP;
+}
+
 /* Query i of the job (its G rows, in place) to the keys [first, last]. */
 static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job, int64_t i,
                             int64_t first, int64_t last, chunk_scratch *c)
@@ -153,7 +158,7 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int6
     const size_t g = (size_t)plan->group_size, dk = (size_t)cfg->head_dim_qk;
     const size_t dv = (size_t)cfg->head_dim_v;
     const int64_t first = block * cfg->sel_block, last = first + cfg->sel_block - 1;
-    if (g >= IN_PLACE_GROUP) {
+    if (in_place(plan)) {
         for (int64_t k = 0; k < count; k++)
             attend_in_place(plan, job, list[k], first, last, c);
         return;
@@ -208,7 +213,7 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
                             (size_t)plan->cfg.head_dim_v);
     invert(plan, job, blocks, &c);
     const size_t g = (size_t)plan->group_size, dk = (size_t)plan->cfg.head_dim_qk;
-    if (job->raw.kp3 != NULL && g >= IN_PLACE_GROUP) /* each query's rows, split once */
+    if (job->raw.kp3 != NULL && in_place(plan)) /* each query's rows, split once */
         for (int64_t i = 0; i < job->count; i++)
             plan->kernels.split_x3(g, dk, plan->cfg.scale, job->q + (size_t)i * job->q_stride,
                                    dk, c.q3 + (size_t)i * nsa_x3_query_words(g, dk));

@@ -35,9 +35,9 @@ void nsa_pack_panels_x3(const float *x, size_t ldx, int64_t len, int64_t dk, int
 void nsa_pack_values_x3(const float *x, size_t ldx, int64_t len, int64_t dv, int64_t first,
                         int64_t count, size_t ldv, uint16_t *dst)
 {
-    const size_t row_words = 2 * ldv; /* one term of a pair row */
-    for (int64_t i = first; i < first + count; i++, dst += 3 * row_words) {
-        memset(dst, 0, 3 * row_words * sizeof *dst);
+    const size_t pair = nsa_x3_pair_words(ldv), row_words = 2 * ldv; /* a term's row */
+    for (int64_t i = first; i < first + count; i++, dst += pair) {
+        memset(dst, 0, pair * sizeof *dst);
         for (int64_t e = 0; e < 2 && 2 * i + e < len; e++) {
             const float *row = x + (size_t)(2 * i + e) * ldx;
             for (int64_t c = 0; c < dv; c++) {

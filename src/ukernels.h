@@ -158,10 +158,16 @@ static inline size_t nsa_x3_query_words(size_t m, size_t dk)
     return (m + 15) / 16 * 3 * 16 * nsa_x3_row_words(dk);
 }
 
-/* Words of one split key panel, all three terms. */
+/* Words of one split key panel, and of one split value pair row (two
+ * keys), all three terms. */
 static inline size_t nsa_x3_panel_words(size_t dk)
 {
     return 3 * nsa_bf16_panel_words(dk);
+}
+
+static inline size_t nsa_x3_pair_words(size_t ldv)
+{
+    return 3 * 2 * ldv;
 }
 
 /* The bf16 nearest to x (ties to even), as its 16 bits. Finite inputs only

@@ -107,6 +107,56 @@ static inline void nsa_amx_split3(__m512 x0, __m512 x1, uint16_t *hi, uint16_t *
     _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(l1, l0));
 }
 
+/* Accumulator tile 0 or 1 (second) from or to rows `stride` bytes apart:
+ * the x3 kernels keep two. */
+static inline void nsa_amx_load_acc(int second, const float *at, size_t stride)
+{
+    if (second)
+        _tile_loadd(1, at, stride);
+    else
+        _tile_loadd(0, at, stride);
+}
+
+static inline void nsa_amx_store_acc(int second, float *at, size_t stride)
+{
+    if (second)
+        _tile_stored(1, at, stride);
+    else
+        _tile_stored(0, at, stride);
+}
+
+/* The three terms of a split operand into tiles 2-4 (left) or 5-7
+ * (right), the x3 kernels' numbering: term t at at + t * term words, rows
+ * `stride` words apart. */
+static inline void nsa_amx_load_left3(const uint16_t *at, size_t term, size_t stride)
+{
+    _tile_loadd(2, at, stride * sizeof(uint16_t));
+    _tile_loadd(3, at + term, stride * sizeof(uint16_t));
+    _tile_loadd(4, at + 2 * term, stride * sizeof(uint16_t));
+}
+
+static inline void nsa_amx_load_right3(const uint16_t *at, size_t term, size_t stride)
+{
+    _tile_loadd(5, at, stride * sizeof(uint16_t));
+    _tile_loadd(6, at + term, stride * sizeof(uint16_t));
+    _tile_loadd(7, at + 2 * term, stride * sizeof(uint16_t));
+}
+
+/* The same right tiles where they would reach past the operand: the first
+ * `have` rows (channels in `mask`, the 16 pairs of a row) copied into a
+ * zero-padded `pad` of 3 tiles, zeros for the rest. */
+static inline void nsa_amx_load_right3_padded(const uint16_t *at, size_t term, size_t stride,
+                                              size_t have, __mmask16 mask, uint16_t *pad)
+{
+    enum { TILE = NSA_AMX_ROWS * NSA_AMX_DEPTH }; /* words */
+    for (size_t t = 0; t < 3; t++)
+        for (size_t i = 0; i < NSA_AMX_ROWS; i++)
+            _mm512_store_si512(pad + t * TILE + i * NSA_AMX_DEPTH,
+                               i < have ? _mm512_maskz_loadu_epi32(mask, at + t * term + i * stride)
+                                        : _mm512_setzero_si512());
+    nsa_amx_load_right3(pad, TILE, NSA_AMX_DEPTH);
+}
+
 /* Asks for `count` rows of a right tile (row stride `stride` words) ahead
  * of its load: tile loads seem not to train the hardware prefetchers. */
 static inline void nsa_amx_prefetch_rows(const uint16_t *rows, size_t stride, size_t count)

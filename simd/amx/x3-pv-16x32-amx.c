@@ -24,31 +24,20 @@ enum { KEY_STEP = 256 }; /* keys whose terms are split at once */
 static void load_value_terms(const uint16_t *v, size_t ldv, size_t k, size_t nk, size_t d,
                              size_t dv, uint16_t *pad)
 {
-    const size_t row = 2 * ldv, stride = 3 * row; /* words: a term's row, a pair row */
+    const size_t row = 2 * ldv, stride = nsa_x3_pair_words(ldv); /* a term's row, a pair row */
     const uint16_t *at = v + k / 2 * stride + 2 * d;
-    if (k + NSA_AMX_DEPTH <= nk && d + 16 <= dv) {
-        _tile_loadd(5, at, stride * sizeof(uint16_t));
-        _tile_loadd(6, at + row, stride * sizeof(uint16_t));
-        _tile_loadd(7, at + 2 * row, stride * sizeof(uint16_t));
-        return;
-    }
-    const size_t have = (nk - k + 1) / 2; /* pair rows left, the last maybe half used */
-    const __mmask16 mask = nsa_avx512_mask_first(dv - d);
-    for (size_t t = 0; t < 3; t++)
-        for (size_t i = 0; i < NSA_AMX_ROWS; i++)
-            _mm512_store_si512(pad + (t * NSA_AMX_ROWS + i) * NSA_AMX_DEPTH,
-                               i < have ? _mm512_maskz_loadu_epi32(mask, at + t * row + i * stride)
-                                        : _mm512_setzero_si512());
-    _tile_loadd(5, pad, NSA_AMX_BYTES);
-    _tile_loadd(6, pad + NSA_AMX_ROWS * NSA_AMX_DEPTH, NSA_AMX_BYTES);
-    _tile_loadd(7, pad + 2 * NSA_AMX_ROWS * NSA_AMX_DEPTH, NSA_AMX_BYTES);
+    if (k + NSA_AMX_DEPTH <= nk && d + 16 <= dv)
+        nsa_amx_load_right3(at, row, stride);
+    else /* the pair rows left, the last maybe half used */
+        nsa_amx_load_right3_padded(at, row, stride, (nk - k + 1) / 2,
+                                   nsa_avx512_mask_first(dv - d), pad);
 }
 
 /* Asks for the three terms of the right tile of keys k .. k + 32 (below
  * nk) and channels d .. d + 16 ahead of use. */
 static void prefetch_value_terms(const uint16_t *v, size_t ldv, size_t k, size_t nk, size_t d)
 {
-    const size_t row = 2 * ldv, stride = 3 * row, rows = (nk - k + 1) / 2;
+    const size_t row = 2 * ldv, stride = nsa_x3_pair_words(ldv), rows = (nk - k + 1) / 2;
     const uint16_t *at = v + k / 2 * stride + 2 * d;
     for (size_t t = 0; t < 3; t++)
         nsa_amx_prefetch_rows(at + t * row, stride, rows < NSA_AMX_ROWS ? rows : NSA_AMX_ROWS);
@@ -69,16 +58,10 @@ static void move_acc(int second, int to_tile, float *acc, size_t ldacc, size_t r
     float *tile = direct ? at : buf;
     const size_t stride = (direct ? ldacc : 16) * sizeof(float);
     if (to_tile) {
-        if (second)
-            _tile_loadd(1, tile, stride);
-        else
-            _tile_loadd(0, tile, stride);
+        nsa_amx_load_acc(second, tile, stride);
         return;
     }
-    if (second)
-        _tile_stored(1, tile, stride);
-    else
-        _tile_stored(0, tile, stride);
+    nsa_amx_store_acc(second, tile, stride);
     if (!direct)
         for (size_t r = 0; r < rows; r++)
             _mm512_mask_storeu_ps(at + r * ldacc, mask, _mm512_load_ps(buf + r * 16));
@@ -98,9 +81,7 @@ static void pv_rows(size_t rows, size_t k0, size_t count, size_t dv, const uint1
         if (two)
             move_acc(1, 1, acc, ldacc, rows, d + 16, dv, buf);
         for (size_t j = 0; j < count; j += NSA_AMX_DEPTH) {
-            _tile_loadd(2, split + j, ld * sizeof(uint16_t));
-            _tile_loadd(3, split + term + j, ld * sizeof(uint16_t));
-            _tile_loadd(4, split + 2 * term + j, ld * sizeof(uint16_t));
+            nsa_amx_load_left3(split + j, term, ld);
             if (k0 + j + NSA_AMX_DEPTH < end) /* the same tiles 32 keys on */
                 prefetch_value_terms(v, ldv, k0 + j + NSA_AMX_DEPTH, end, d);
             load_value_terms(v, ldv, k0 + j, end, d, dv, pad);

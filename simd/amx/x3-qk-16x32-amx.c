@@ -23,21 +23,10 @@ static void load_key_terms(const uint16_t *panel, size_t words, size_t c0, size_
                            uint16_t *pad)
 {
     const uint16_t *rows = panel + c0 * NSA_PANEL;
-    if (c0 + NSA_AMX_DEPTH <= dk) {
-        _tile_loadd(5, rows, NSA_AMX_BYTES);
-        _tile_loadd(6, rows + words, NSA_AMX_BYTES);
-        _tile_loadd(7, rows + 2 * words, NSA_AMX_BYTES);
-        return;
-    }
-    const size_t have = (dk - c0 + 1) / 2; /* pair rows left in the panel */
-    for (size_t t = 0; t < 3; t++)
-        for (size_t i = 0; i < NSA_AMX_ROWS; i++)
-            _mm512_store_si512(pad + (t * NSA_AMX_ROWS + i) * NSA_AMX_DEPTH,
-                               i < have ? _mm512_loadu_si512(rows + t * words + i * NSA_AMX_DEPTH)
-                                        : _mm512_setzero_si512());
-    _tile_loadd(5, pad, NSA_AMX_BYTES);
-    _tile_loadd(6, pad + NSA_AMX_ROWS * NSA_AMX_DEPTH, NSA_AMX_BYTES);
-    _tile_loadd(7, pad + 2 * NSA_AMX_ROWS * NSA_AMX_DEPTH, NSA_AMX_BYTES);
+    if (c0 + NSA_AMX_DEPTH <= dk)
+        nsa_amx_load_right3(rows, words, NSA_AMX_DEPTH);
+    else /* the pair rows left in the panel */
+        nsa_amx_load_right3_padded(rows, words, NSA_AMX_DEPTH, (dk - c0 + 1) / 2, 0xffff, pad);
 }
 
 /* Scores of one accumulator tile (16 keys) into s: rows past `rows` are
@@ -47,10 +36,7 @@ static void store_scores(int second, size_t rows, float *s, size_t lds, float *o
     const int direct = rows == NSA_AMX_ROWS;
     float *to = direct ? s : out;
     const size_t stride = (direct ? lds : NSA_PANEL) * sizeof(float);
-    if (second)
-        _tile_stored(1, to, stride);
-    else
-        _tile_stored(0, to, stride);
+    nsa_amx_store_acc(second, to, stride);
     if (!direct)
         for (size_t r = 0; r < rows; r++)
             _mm512_storeu_ps(s + r * lds, _mm512_load_ps(out + r * NSA_PANEL));
@@ -79,9 +65,7 @@ static void qk_rows(size_t rows, size_t np, size_t dk, const uint16_t *split, si
         _tile_zero(0);
         _tile_zero(1);
         for (size_t c0 = 0; c0 < dk; c0 += NSA_AMX_DEPTH) {
-            _tile_loadd(2, split + c0, ld * sizeof(uint16_t));
-            _tile_loadd(3, split + term + c0, ld * sizeof(uint16_t));
-            _tile_loadd(4, split + 2 * term + c0, ld * sizeof(uint16_t));
+            nsa_amx_load_left3(split + c0, term, ld);
             if (fetch && p + 2 < np)
                 prefetch_key_terms(panel + 6 * words, words, c0, dk);
             load_key_terms(panel, words, c0, dk, pad);

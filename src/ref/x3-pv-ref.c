@@ -9,7 +9,7 @@
 /* Channel c of key j (from the even key v points at). */
 static float value_at(const uint16_t *v, size_t ldv, size_t j, size_t c)
 {
-    const uint16_t *row = v + j / 2 * 3 * 2 * ldv; /* term 0 of the pair row */
+    const uint16_t *row = v + j / 2 * nsa_x3_pair_words(ldv); /* term 0 of the pair row */
     const size_t at = nsa_bf16_value_at(ldv, j % 2, c);
     return (nsa_bf16_to_f32(row[at]) + nsa_bf16_to_f32(row[2 * ldv + at])) +
            nsa_bf16_to_f32(row[4 * ldv + at]);
