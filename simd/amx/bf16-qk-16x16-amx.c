@@ -14,7 +14,9 @@
  * accumulator, which goes straight into s when it holds 16 rows. Panels go
  * one after the other, so the right tiles are read in memory order (four
  * panels side by side, reusing each left tile 4 times, were 10-20 % slower:
- * their loads were not). Rows past m are zeros. Few rows would leave the
+ * their loads were not), and each right tile is asked for two panels ahead
+ * (tile loads train no hardware prefetcher; in a decode step the keys come
+ * from L3). Rows past m are zeros. Few rows would leave the
  * tiles mostly empty, and very long rows would not fit the split on the
  * stack: both go to the AVX-512 kernel.
  */
@@ -22,8 +24,9 @@
 #include "ukernels.h"
 
 enum {
-    MIN_ROWS = 8, /* fewer rows per call: the AVX-512 kernel is faster */
-    MAX_DK = 256  /* longer rows: the AVX-512 kernel */
+    MIN_ROWS = 8,       /* fewer rows per call: the AVX-512 kernel is faster */
+    MAX_DK = 256,       /* longer rows: the AVX-512 kernel */
+    PREFETCH_PANELS = 2 /* right tiles are asked for this many panels ahead */
 };
 
 /* Loads tile 7 with channels c0 .. c0 + 32 of a panel: in place when the
@@ -63,6 +66,9 @@ static void qk_rows(size_t rows, size_t np, size_t dk, float scale, const float 
             _tile_loadd(4, terms[0] + c0, ld * sizeof(uint16_t));
             _tile_loadd(5, terms[1] + c0, ld * sizeof(uint16_t));
             _tile_loadd(6, terms[2] + c0, ld * sizeof(uint16_t));
+            for (size_t ahead = p == 0 ? 1 : PREFETCH_PANELS; ahead <= PREFETCH_PANELS; ahead++)
+                if (p + ahead < np && c0 + NSA_AMX_DEPTH <= dk)
+                    nsa_amx_prefetch_tile(panel + ahead * words + c0 * NSA_PANEL, NSA_AMX_DEPTH);
             load_right(panel, c0, dk, pad);
             NSA_AMX_THREE_TERMS(0);
         }
