@@ -112,12 +112,15 @@ typedef enum nsa_isa {
                          * caches are read with tile products (see
                          * nsa_dtype), and the fp32 forward (nsa_forward,
                          * nsa_forward_train, nsa_dense_forward) runs its
-                         * products on tiles with each fp32 operand split
-                         * into three exact bf16 terms: fp32 accuracy (six
-                         * of the nine term products; the three dropped are
-                         * below 2^-23 of each product), another summation
-                         * order than the FMA kernels, 1.5x the bytes for
-                         * the packed K and V; each such kernel call
+                         * long spans of keys (dense attention, NSA's
+                         * compressed branch) on tiles with each fp32
+                         * operand split into three exact bf16 terms: fp32
+                         * accuracy (six of the nine term products; the
+                         * three dropped are below 2^-23 of each product),
+                         * another summation order than the FMA kernels,
+                         * 1.5x the bytes for those packed keys and values
+                         * (NSA's selected and window branches stay on the
+                         * FMA kernels); each such kernel call
                          * configures the tiles and releases them before it
                          * returns */
 } nsa_isa;

@@ -53,9 +53,11 @@ typedef struct forward_run {
     float *vp;      /* values per head [Hkv][T][Dv] */
     float *kcp;     /* compressed key panels, same layout */
     /* Or, when the plan's kernels run on tile products (split_fp32), the
-     * same split (split_keys.h) instead of kp, vp and kcp: key panels
-     * [Hkv][total panels][x3 panel], value pair rows [Hkv][total panels *
-     * 8][3][2 Dv], and the compressed ones on the compressed panels. */
+     * same split (split_keys.h): key panels [Hkv][total panels][x3
+     * panel] and value pair rows [Hkv][total panels * 8][3][2 Dv] (kp3,
+     * vp3) for dense attention instead of kp and vp; for NSA the
+     * compressed ones on the compressed panels (kcp3, vcp3) instead of
+     * kcp, the raw keys staying fp32 (see split_raw_keys). */
     uint16_t *kp3, *vp3, *kcp3, *vcp3;
     int32_t *blocks;  /* [T][Hkv][n]: the selections, for phase 3 */
     int32_t *own_blocks; /* the same, when the caller did not ask for them */
@@ -157,12 +159,12 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
         const int64_t nc = run->c_offset[b + 1] - run->c_offset[b];
         const float *rows = (it->tensor == 0 ? run->kc : run->vc) +
                             (size_t)((h * total_c + run->c_offset[b]) * dim);
-        if (run->kp3 != NULL && it->tensor == 0) /* the first token is a panel boundary */
+        if (run->kcp3 != NULL && it->tensor == 0) /* the first token is a panel boundary */
             nsa_pack_panels_x3(rows, (size_t)dk, nc, dk, it->first / NSA_PANEL,
                                nsa_panels_of(it->count),
                                seq_split(run, run->kcp3, run->cp_offset, b, h, 0) +
                                    (size_t)(it->first / NSA_PANEL) * split_panel_words(cfg, 0));
-        else if (run->kp3 != NULL) /* ... and an even one */
+        else if (run->kcp3 != NULL) /* ... and an even one */
             nsa_pack_values_x3(rows, (size_t)dv, nc, dv, it->first / 2, (it->count + 1) / 2,
                                (size_t)dv,
                                seq_split(run, run->vcp3, run->cp_offset, b, h, 1) +
@@ -222,11 +224,14 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
     if (run->kp3 != NULL) {
         raw.kp3 = seq_split(run, run->kp3, run->p_offset, b, h, 0);
         raw.v3 = seq_split(run, run->vp3, run->p_offset, b, h, 1);
-        compressed.kp3 = seq_split(run, run->kcp3, run->cp_offset, b, h, 0);
-        compressed.v3 = seq_split(run, run->vcp3, run->cp_offset, b, h, 1);
     } else {
         raw.kp = seq_panels(run, run->kp, run->p_offset, b, h);
         raw.v = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
+    }
+    if (run->kcp3 != NULL) {
+        compressed.kp3 = seq_split(run, run->kcp3, run->cp_offset, b, h, 0);
+        compressed.v3 = seq_split(run, run->vcp3, run->cp_offset, b, h, 1);
+    } else {
         compressed.kp = seq_panels(run, run->kcp, run->cp_offset, b, h);
         compressed.v = run->vc + (size_t)((h * run->c_offset[B] + run->c_offset[b]) * dv);
     }
@@ -379,6 +384,23 @@ static void run_free(forward_run *run, int32_t workers)
     free(run->c_offset);
 }
 
+/* Which keys a call packs split for the tile-product kernels. The split
+ * pays where a call sweeps long spans of keys: dense attention and NSA's
+ * compressed branch (tiles of 128 rows over chunks of 256 keys). NSA's
+ * selected blocks and windows, 64 keys per call for 16 rows, keep fp32 keys
+ * and the FMA kernels: there the x3 kernels load nearly one tile per tile
+ * product and read 1.5x the bytes, and on the 16-vCPU host the selected
+ * branch ran ~20 % slower on them (bench/RESULTS.md, eighth session). */
+static int split_raw_keys(const forward_call *call)
+{
+    return call->plan->kernels.split_fp32 && call->dense;
+}
+
+static int split_compressed_keys(const forward_call *call)
+{
+    return call->plan->kernels.split_fp32 && !call->dense;
+}
+
 /* Everything both phases need, allocated before any output is written so an
  * allocation failure leaves the outputs untouched. Scratch is only
  * allocated here; each worker touches its own first, which places it on the
@@ -406,16 +428,19 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     }
     run->kc = nsa_alloc_floats(hkv * run->c_offset[B] * dk);
     run->vc = nsa_alloc_floats(hkv * run->c_offset[B] * dv);
-    const int split = call->plan->kernels.split_fp32;
-    if (split) { /* 1.5x the bytes of fp32 panels */
-        const size_t key_words = split_panel_words(cfg, 0), value_words = split_panel_words(cfg, 1);
+    const int split_raw = split_raw_keys(call), split_cmp = split_compressed_keys(call);
+    const size_t key_words = split_panel_words(cfg, 0), value_words = split_panel_words(cfg, 1);
+    if (split_raw) { /* 1.5x the bytes of fp32 panels */
         run->kp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * key_words * 2, 0);
         run->vp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * value_words * 2, 0);
-        run->kcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * key_words * 2, 0);
-        run->vcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * value_words * 2, 0);
     } else {
         run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
         run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
+    }
+    if (split_cmp) {
+        run->kcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * key_words * 2, 0);
+        run->vcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * value_words * 2, 0);
+    } else {
         run->kcp = nsa_alloc_large((size_t)(hkv * run->cp_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
     }
 
@@ -441,9 +466,9 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
             run->scratch_floats = selected;
     }
     run->scratch = nsa_worker_scratch_alloc(workers, run->scratch_floats);
-    const int packed = split ? run->kp3 != NULL && run->vp3 != NULL && run->kcp3 != NULL &&
-                                   run->vcp3 != NULL
-                             : run->kp != NULL && run->vp != NULL && run->kcp != NULL;
+    const int packed = (split_raw ? run->kp3 != NULL && run->vp3 != NULL
+                                  : run->kp != NULL && run->vp != NULL) &&
+                       (split_cmp ? run->kcp3 != NULL && run->vcp3 != NULL : run->kcp != NULL);
     if (run->kc == NULL || run->vc == NULL || !packed || (!call->dense && run->blocks == NULL) ||
         run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;

@@ -30,7 +30,6 @@ typedef struct chunk_scratch {
     nsa_softmax_state state;    /* the chunk's rows, [rows] */
     nsa_softmax_state gathered; /* one block's rows */
     float *q, *s;
-    uint16_t *q3; /* split keys: the split rows, per query (in place) or gathered */
     int32_t *lo, *hi, *first_query, *queries; /* first_query [blocks + 1] */
     int64_t *row_first, *row_last;
 } chunk_scratch;
@@ -54,11 +53,6 @@ static size_t carve(const nsa_plan *plan, int64_t max_len, float *f, chunk_scrat
         states[i]->ldacc = dv;
     }
     v.q = nsa_carve(&k, rows * dk * sizeof(float));
-    if (plan->kernels.split_fp32) {
-        const size_t in_place = (size_t)queries * nsa_x3_query_words((size_t)plan->group_size, dk);
-        const size_t gathered = nsa_x3_query_words(rows, dk);
-        v.q3 = nsa_carve(&k, (in_place > gathered ? in_place : gathered) * sizeof(uint16_t));
-    }
     v.s = nsa_carve(&k, rows * NSA_ATTEND_CHUNK * sizeof(float));
     v.lo = nsa_carve(&k, rows * sizeof(int32_t));
     v.hi = nsa_carve(&k, rows * sizeof(int32_t));
@@ -139,10 +133,7 @@ static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job, i
     }
     const size_t dk = (size_t)cfg->head_dim_qk;
     const nsa_rows rows = {.m = g, .dk = dk, .dv = dv, .scale = cfg->scale,
-                           .q = job->q + (size_t)i * job->q_stride,
-                           .q3 = job->raw.kp3 != NULL
-                                     ? c->q3 + (size_t)i * nsa_x3_query_words(g, dk)
-                                     : NULL};
+                           .q = job->q + (size_t)i * job->q_stride};
     const size_t row = (size_t)i * g;
     const nsa_softmax_state state = {.max = c->state.max + row, .sum = c->state.sum + row,
                                      .acc = c->state.acc + row * dv, .ldacc = dv};
@@ -175,10 +166,7 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int6
         }
     }
     const size_t m = (size_t)count * g;
-    if (job->raw.kp3 != NULL)
-        plan->kernels.split_x3(m, dk, cfg->scale, c->q, dk, c->q3);
-    const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = c->q,
-                           .q3 = c->q3};
+    const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = c->q};
     nsa_attend_keys(&plan->kernels, &rows, &job->raw, first, last, c->row_first, c->row_last,
                     &c->gathered, c->s, c->lo, c->hi);
     for (int64_t k = 0; k < count; k++)
@@ -212,11 +200,6 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
     nsa_softmax_state_reset(&c.state, (size_t)(job->count * plan->group_size),
                             (size_t)plan->cfg.head_dim_v);
     invert(plan, job, blocks, &c);
-    const size_t g = (size_t)plan->group_size, dk = (size_t)plan->cfg.head_dim_qk;
-    if (job->raw.kp3 != NULL && in_place(plan)) /* each query's rows, split once */
-        for (int64_t i = 0; i < job->count; i++)
-            plan->kernels.split_x3(g, dk, plan->cfg.scale, job->q + (size_t)i * job->q_stride,
-                                   dk, c.q3 + (size_t)i * nsa_x3_query_words(g, dk));
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t count = c.first_query[b + 1] - c.first_query[b];
         if (count > 0)

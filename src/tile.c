@@ -22,7 +22,7 @@ enum { CMP_CHUNK_KEYS = 256 };
 /* A worker's scratch, carved out of one block of floats. */
 struct nsa_tile_scratch {
     float *q;            /* [m][Dk] the tile's rows, packed */
-    uint16_t *q3, *q3_sub; /* split rows (split keys only): the tile's, a sub-tile's */
+    uint16_t *q3;        /* the split rows (split keys only) */
     float *s_cmp;        /* [m][lds_cmp] compressed scores, then probabilities */
     size_t lds_cmp;
     float *chunk_max;    /* [m][ld_chunk]: each row's maximum after each chunk */
@@ -75,7 +75,6 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     v.q = nsa_carve(&c, m * dk * sizeof(float));
     if (plan->kernels.split_fp32) {
         v.q3 = nsa_carve(&c, nsa_x3_query_words(m, dk) * sizeof(uint16_t));
-        v.q3_sub = nsa_carve(&c, nsa_x3_query_words(m, dk) * sizeof(uint16_t));
     }
     v.s_cmp = nsa_carve(&c, m * lds_cmp * sizeof(float));
     v.chunk_max = nsa_carve(&c, m * ld_chunk * sizeof(float));
@@ -109,7 +108,8 @@ size_t nsa_tile_scratch_floats(const nsa_plan *plan, int64_t max_queries, int64_
     return scratch_carve(plan, max_queries, max_len, NULL, NULL);
 }
 
-/* Whether the tile's keys are split (the forward's, on tile products). */
+/* Whether any of the tile's keys are split (the forward's, on tile
+ * products: the compressed ones for NSA, the raw ones for dense). */
 static int split_keys(const nsa_tile *tile)
 {
     return tile->raw.kp3 != NULL || tile->compressed.kp3 != NULL;
@@ -127,20 +127,6 @@ static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_sc
     if (split_keys(tile))
         plan->kernels.split_x3((size_t)tile->count * (size_t)plan->group_size, dk,
                                plan->cfg.scale, t->q, dk, t->q3);
-}
-
-/* The split rows from row0 on, for m rows: the tile's own from a multiple
- * of 16 (the layout's blocks), else split again. NULL for unsplit keys. */
-static const uint16_t *split_rows_from(const nsa_plan *plan, const nsa_tile *tile,
-                                       const nsa_tile_scratch *t, size_t row0, size_t m)
-{
-    const size_t dk = (size_t)plan->cfg.head_dim_qk;
-    if (!split_keys(tile))
-        return NULL;
-    if (row0 % 16 == 0)
-        return t->q3 + nsa_x3_query_words(row0, dk);
-    plan->kernels.split_x3(m, dk, plan->cfg.scale, t->q + row0 * dk, dk, t->q3_sub);
-    return t->q3_sub;
 }
 
 /* Blocks for the query at position pos of a sequence of len keys, from
@@ -365,8 +351,7 @@ static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scr
     const nsa_config *cfg = &plan->cfg;
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
     const size_t row0 = (size_t)(sub * plan->group_size), m = (size_t)(count * plan->group_size);
-    const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = t->q + row0 * dk,
-                           .q3 = split_rows_from(plan, tile, t, row0, m)};
+    const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = t->q + row0 * dk};
     const nsa_softmax_state part = {.max = t->branch[branch].max + row0,
                                     .sum = t->branch[branch].sum + row0,
                                     .acc = t->branch[branch].acc + row0 * dv,

@@ -27,8 +27,9 @@ enum { NSA_TILE_ROWS = 16, NSA_CMP_TILE_ROWS = 128, NSA_DENSE_TILE_ROWS = 64 };
  * gates at gates + i * gates_stride, its output at out + i * out_stride and
  * its n block indices at given / indices_out + i * index_stride. */
 typedef struct nsa_tile {
-    nsa_keys raw;        /* the sequence's keys for this KV head */
-    nsa_keys compressed; /* its compressed keys */
+    nsa_keys raw;        /* the sequence's keys for this KV head (split for
+                            the x3 kernels only in nsa_tile_attend_dense) */
+    nsa_keys compressed; /* its compressed keys (fp32, bf16 or split) */
     int64_t len;         /* keys in the sequence */
     int64_t first, count;
     const float *q, *gates;
