@@ -10,7 +10,7 @@
  * gates must isolate each branch; a query that sees no compressed token must
  * get exactly zero from that branch and no NaN; a selection or a window that
  * covers the whole sequence must reduce to dense attention (computed here in
- * double, without the oracle); the order of caller-given blocks must not
+ * double, without the oracle), and so must nsa_dense_forward; the order of caller-given blocks must not
  * matter; exact score ties must go to the lower block index; and the thread
  * count must not change a bit of the result. Inputs are
  * random on every run (see test_util.h for replaying a seed).
@@ -383,6 +383,62 @@ static void check_branch_is_dense(const char *name, nsa_config cfg, const int64_
     fail_if(bad, name);
 }
 
+/* nsa_dense_forward must be dense attention too: it is the benchmark's
+ * baseline, and on CPUs with tile products the one caller of the split raw
+ * keys (forward.c). */
+static void check_dense_forward(const char *name, nsa_config cfg, const int64_t *lengths,
+                                int64_t nseq)
+{
+    tu_rng rng = tu_rng_for(name);
+    tu_problem p;
+    make_problem(&p, &cfg, lengths, nseq, 0, 0, &rng);
+    const int64_t row = (int64_t)cfg.num_q_heads * cfg.head_dim_v;
+    float *out = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(float));
+    double *want = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(double));
+    nsa_context *ctx = tu_context();
+    nsa_plan *plan = NULL;
+    if (ctx == NULL || nsa_plan_create(ctx, &p.cfg, &plan) != NSA_SUCCESS)
+        fail_msg("%s: no context or plan", name);
+    const nsa_batch batch = {p.num_seqs, p.total_tokens, p.cu_seqlens};
+    const nsa_status st = nsa_dense_forward(plan, &batch, p.q, p.k, p.v, out);
+    nsa_plan_destroy(plan);
+    if (st != NSA_SUCCESS)
+        fail_msg("%s: nsa_dense_forward: %s", name, nsa_status_string(st));
+    for (int64_t tok = 0; tok < p.total_tokens; tok++)
+        dense_attention(&p, tok, want + tok * row);
+    int64_t bad = tu_compare_f32_f64(name, out, want, p.total_tokens, cfg.num_q_heads,
+                                     cfg.head_dim_v, TU_TOL_LIBRARY_VS_ORACLE);
+    free(out);
+    free(want);
+    tu_problem_free(&p);
+    fail_if(bad, name);
+}
+
+static void test_dense_forward_causal(void **state)
+{
+    (void)state;
+    /* G = 3 (tiles of 66 rows), Dk = 40 (a partial last 32 channels of a
+     * split row), Dv = 24; lengths on no block boundary. */
+    nsa_config cfg = make_config(6, 2, 40, 24, NSA_COMPRESS_MEAN, 1);
+    tu_rng rng = tu_rng_for("dense_forward_causal_len");
+    int64_t lengths[] = {1, 17, 301, tu_rng_int(&rng, 1, 700)};
+    check_dense_forward("dense_forward_causal", cfg, lengths, 4);
+    /* G = 16, one KV head, Dk = Dv = 128 as in the benchmark. */
+    nsa_config big = make_config(16, 1, 128, 128, NSA_COMPRESS_MEAN, 1);
+    int64_t one[] = {tu_rng_int(&rng, 100, 300)};
+    check_dense_forward("dense_forward_causal_g16", big, one, 1);
+}
+
+static void test_dense_forward_noncausal(void **state)
+{
+    (void)state;
+    /* G = 1, Dk = 24 < Dv = 56. */
+    nsa_config cfg = make_config(2, 2, 24, 56, NSA_COMPRESS_MEAN, 0);
+    tu_rng rng = tu_rng_for("dense_forward_noncausal_len");
+    int64_t lengths[] = {5, 129, tu_rng_int(&rng, 1, 500)};
+    check_dense_forward("dense_forward_noncausal", cfg, lengths, 3);
+}
+
 static void test_covering_selection_is_dense_causal(void **state)
 {
     (void)state;
@@ -655,6 +711,8 @@ int main(void)
         cmocka_unit_test(test_one_hot_gates_noncausal),
         cmocka_unit_test(test_nothing_visible_causal),
         cmocka_unit_test(test_nothing_visible_noncausal),
+        cmocka_unit_test(test_dense_forward_causal),
+        cmocka_unit_test(test_dense_forward_noncausal),
         cmocka_unit_test(test_covering_selection_is_dense_causal),
         cmocka_unit_test(test_covering_selection_is_dense_noncausal),
         cmocka_unit_test(test_covering_window_is_dense_causal),
