@@ -197,13 +197,13 @@ static void compressed_values(const split_run *run, const split_unit *u)
  * come from L3 one tile at a time (tile loads train no prefetcher). */
 static void prefetch_values(const nsa_keys *keys, int64_t first, int64_t last, size_t dv)
 {
+    const char *rows = keys->v16 != NULL ? (const char *)keys->v16 : (const char *)keys->v;
+    const size_t width = keys->v16 != NULL ? sizeof *keys->v16 : sizeof *keys->v;
     if (last >= keys->count)
         last = keys->count - 1;
-    if (last < first || (keys->v16 == NULL && keys->v == NULL))
+    if (rows == NULL || last < first)
         return;
-    const char *from = keys->v16 != NULL ? (const char *)(keys->v16 + (size_t)first * keys->ldv)
-                                         : (const char *)(keys->v + (size_t)first * keys->ldv);
-    const size_t width = keys->v16 != NULL ? sizeof *keys->v16 : sizeof *keys->v;
+    const char *from = rows + (size_t)first * keys->ldv * width;
     const size_t bytes = ((size_t)(last - first) * keys->ldv + dv) * width;
     for (size_t b = 0; b < bytes; b += 64)
         __builtin_prefetch(from + b, 0, 2);

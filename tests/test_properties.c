@@ -360,50 +360,42 @@ static void test_nothing_visible_noncausal(void **state)
 /* Covering selections and windows are dense attention                       */
 /* ------------------------------------------------------------------------ */
 
-/* With one gate set to 1, the library's output must equal dense attention
- * (causal or full, as cfg says) for every token. */
-static void check_branch_is_dense(const char *name, nsa_config cfg, const int64_t *lengths,
-                                  int64_t nseq, int branch)
-{
-    tu_rng rng = tu_rng_for(name);
-    tu_problem p;
-    make_problem(&p, &cfg, lengths, nseq, 0, 0, &rng);
-    tu_problem_set_gates(&p, 0.0f, branch == 1, branch == 2);
-    const int64_t row = (int64_t)cfg.num_q_heads * cfg.head_dim_v;
-    float *out = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(float));
-    double *want = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(double));
-    run_library(&p, NULL, out, NULL);
-    for (int64_t tok = 0; tok < p.total_tokens; tok++)
-        dense_attention(&p, tok, want + tok * row);
-    int64_t bad = tu_compare_f32_f64(name, out, want, p.total_tokens, cfg.num_q_heads,
-                                     cfg.head_dim_v, TU_TOL_LIBRARY_VS_ORACLE);
-    free(out);
-    free(want);
-    tu_problem_free(&p);
-    fail_if(bad, name);
-}
+/* What must equal dense attention (causal or full, as cfg says) for every
+ * token: nsa_forward with one gate set to 1 (the selected or the window
+ * branch, whose selection or window covers the sequence), or
+ * nsa_dense_forward, the benchmark's baseline and, on CPUs with tile
+ * products, the one caller of the split raw keys (forward.c). */
+enum { DENSE_FORWARD = 0, SELECTED_BRANCH = 1, WINDOW_BRANCH = 2 };
 
-/* nsa_dense_forward must be dense attention too: it is the benchmark's
- * baseline, and on CPUs with tile products the one caller of the split raw
- * keys (forward.c). */
-static void check_dense_forward(const char *name, nsa_config cfg, const int64_t *lengths,
-                                int64_t nseq)
+/* nsa_dense_forward of p into out. */
+static void run_dense_forward(const char *name, const tu_problem *p, float *out)
 {
-    tu_rng rng = tu_rng_for(name);
-    tu_problem p;
-    make_problem(&p, &cfg, lengths, nseq, 0, 0, &rng);
-    const int64_t row = (int64_t)cfg.num_q_heads * cfg.head_dim_v;
-    float *out = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(float));
-    double *want = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(double));
     nsa_context *ctx = tu_context();
     nsa_plan *plan = NULL;
-    if (ctx == NULL || nsa_plan_create(ctx, &p.cfg, &plan) != NSA_SUCCESS)
+    if (ctx == NULL || nsa_plan_create(ctx, &p->cfg, &plan) != NSA_SUCCESS)
         fail_msg("%s: no context or plan", name);
-    const nsa_batch batch = {p.num_seqs, p.total_tokens, p.cu_seqlens};
-    const nsa_status st = nsa_dense_forward(plan, &batch, p.q, p.k, p.v, out);
+    const nsa_batch batch = {p->num_seqs, p->total_tokens, p->cu_seqlens};
+    const nsa_status st = nsa_dense_forward(plan, &batch, p->q, p->k, p->v, out);
     nsa_plan_destroy(plan);
     if (st != NSA_SUCCESS)
         fail_msg("%s: nsa_dense_forward: %s", name, nsa_status_string(st));
+}
+
+static void check_is_dense(const char *name, nsa_config cfg, const int64_t *lengths,
+                           int64_t nseq, int what)
+{
+    tu_rng rng = tu_rng_for(name);
+    tu_problem p;
+    make_problem(&p, &cfg, lengths, nseq, 0, 0, &rng);
+    const int64_t row = (int64_t)cfg.num_q_heads * cfg.head_dim_v;
+    float *out = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(float));
+    double *want = tu_xcalloc((size_t)tu_out_elems(&p), sizeof(double));
+    if (what == DENSE_FORWARD) {
+        run_dense_forward(name, &p, out);
+    } else {
+        tu_problem_set_gates(&p, 0.0f, what == SELECTED_BRANCH, what == WINDOW_BRANCH);
+        run_library(&p, NULL, out, NULL);
+    }
     for (int64_t tok = 0; tok < p.total_tokens; tok++)
         dense_attention(&p, tok, want + tok * row);
     int64_t bad = tu_compare_f32_f64(name, out, want, p.total_tokens, cfg.num_q_heads,
@@ -422,11 +414,11 @@ static void test_dense_forward_causal(void **state)
     nsa_config cfg = make_config(6, 2, 40, 24, NSA_COMPRESS_MEAN, 1);
     tu_rng rng = tu_rng_for("dense_forward_causal_len");
     int64_t lengths[] = {1, 17, 301, tu_rng_int(&rng, 1, 700)};
-    check_dense_forward("dense_forward_causal", cfg, lengths, 4);
+    check_is_dense("dense_forward_causal", cfg, lengths, 4, DENSE_FORWARD);
     /* G = 16, one KV head, Dk = Dv = 128 as in the benchmark. */
     nsa_config big = make_config(16, 1, 128, 128, NSA_COMPRESS_MEAN, 1);
     int64_t one[] = {tu_rng_int(&rng, 100, 300)};
-    check_dense_forward("dense_forward_causal_g16", big, one, 1);
+    check_is_dense("dense_forward_causal_g16", big, one, 1, DENSE_FORWARD);
 }
 
 static void test_dense_forward_noncausal(void **state)
@@ -436,7 +428,7 @@ static void test_dense_forward_noncausal(void **state)
     nsa_config cfg = make_config(2, 2, 24, 56, NSA_COMPRESS_MEAN, 0);
     tu_rng rng = tu_rng_for("dense_forward_noncausal_len");
     int64_t lengths[] = {5, 129, tu_rng_int(&rng, 1, 500)};
-    check_dense_forward("dense_forward_noncausal", cfg, lengths, 3);
+    check_is_dense("dense_forward_noncausal", cfg, lengths, 3, DENSE_FORWARD);
 }
 
 static void test_covering_selection_is_dense_causal(void **state)
@@ -448,7 +440,7 @@ static void test_covering_selection_is_dense_causal(void **state)
     cfg.window = 20;
     tu_rng rng = tu_rng_for("covering_selection_len");
     int64_t lengths[] = {1, 100, 512, tu_rng_int(&rng, 1, 512)};
-    check_branch_is_dense("covering_selection_is_dense_causal", cfg, lengths, 4, 1);
+    check_is_dense("covering_selection_is_dense_causal", cfg, lengths, 4, SELECTED_BRANCH);
 }
 
 static void test_covering_selection_is_dense_noncausal(void **state)
@@ -460,7 +452,7 @@ static void test_covering_selection_is_dense_noncausal(void **state)
     cfg.sel_count = 3;
     cfg.window = 20;
     int64_t lengths[] = {7, 200, 384, 129};
-    check_branch_is_dense("covering_selection_is_dense_noncausal", cfg, lengths, 4, 1);
+    check_is_dense("covering_selection_is_dense_noncausal", cfg, lengths, 4, SELECTED_BRANCH);
 }
 
 static void test_covering_window_is_dense_causal(void **state)
@@ -471,7 +463,7 @@ static void test_covering_window_is_dense_causal(void **state)
     cfg.window = 600;
     tu_rng rng = tu_rng_for("covering_window_len");
     int64_t lengths[] = {1, 64, 600, tu_rng_int(&rng, 1, 600)};
-    check_branch_is_dense("covering_window_is_dense_causal", cfg, lengths, 4, 2);
+    check_is_dense("covering_window_is_dense_causal", cfg, lengths, 4, WINDOW_BRANCH);
 }
 
 static void test_covering_window_is_dense_noncausal(void **state)
@@ -482,7 +474,7 @@ static void test_covering_window_is_dense_noncausal(void **state)
     cfg.sel_count = 3;
     cfg.window = 2 * 300 - 1;
     int64_t lengths[] = {1, 64, 300, 33};
-    check_branch_is_dense("covering_window_is_dense_noncausal", cfg, lengths, 4, 2);
+    check_is_dense("covering_window_is_dense_noncausal", cfg, lengths, 4, WINDOW_BRANCH);
 }
 
 /* ------------------------------------------------------------------------ */
