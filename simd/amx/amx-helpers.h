@@ -81,13 +81,11 @@ static inline void nsa_amx_end(void)
         _tile_dpbf16ps(acc, 3, 6);                                                          \
     } while (0)
 
-/* x rounded to the nearest bf16 (ties to even), still as fp32: the vector
- * form of nsa_bf16_nearest (ukernels.h). */
-static inline __m512 nsa_amx_nearest_bf16(__m512 x)
+/* x rounded to the nearest bf16 (ties away from zero), still as fp32: the
+ * vector form of nsa_bf16_round (ukernels.h). */
+static inline __m512 nsa_amx_round_bf16(__m512 x)
 {
-    const __m512i u = _mm512_castps_si512(x);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i up = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __m512i up = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x8000));
     return _mm512_castsi512_ps(_mm512_and_si512(up, _mm512_set1_epi32((int)0xffff0000u)));
 }
 
@@ -98,9 +96,9 @@ static inline __m512 nsa_amx_nearest_bf16(__m512 x)
 static inline void nsa_amx_split3(__m512 x0, __m512 x1, uint16_t *hi, uint16_t *mid,
                                   uint16_t *lo)
 {
-    const __m512 h0 = nsa_amx_nearest_bf16(x0), h1 = nsa_amx_nearest_bf16(x1);
+    const __m512 h0 = nsa_amx_round_bf16(x0), h1 = nsa_amx_round_bf16(x1);
     const __m512 r0 = _mm512_sub_ps(x0, h0), r1 = _mm512_sub_ps(x1, h1);
-    const __m512 m0 = nsa_amx_nearest_bf16(r0), m1 = nsa_amx_nearest_bf16(r1);
+    const __m512 m0 = nsa_amx_round_bf16(r0), m1 = nsa_amx_round_bf16(r1);
     const __m512 l0 = _mm512_sub_ps(r0, m0), l1 = _mm512_sub_ps(r1, m1);
     _mm512_storeu_si512(hi, (__m512i)_mm512_cvtne2ps_pbh(h1, h0));
     _mm512_storeu_si512(mid, (__m512i)_mm512_cvtne2ps_pbh(m1, m0));
