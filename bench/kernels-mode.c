@@ -11,8 +11,9 @@
  *
  * Shapes: qk m=16 rows x 4 panels (64 keys) x dk=128; pv m=16 x nk=64 x
  * dv=128; softmax m=16 x nk=64 (dv=128 accumulators); gate_mix m=16 x
- * dv=128; pool l=32 x dim=128; qk_bf16, pv_bf16, qk_x3 and pv_x3 as qk
- * and pv (qk_x3's queries split beforehand). qk and pv count 2 FLOPs per
+ * dv=128; pool l=32 x dim=128; qk_bf16, pv_bf16, qk_x3, pv_x3 and
+ * qk_bf16_split as qk and pv (qk_x3's and qk_bf16_split's queries split
+ * beforehand). qk and pv count 2 FLOPs per
  * multiply-add; the others count nominal work (see the footnote
  * printed with the table). A slot the registry gains later is listed as
  * not benchmarked until it gets a shape here; the build does not break.
@@ -118,6 +119,11 @@ static void call_qk_x3(generic_fn *f, buffers *b)
     ((nsa_qk_x3_ukernel *)f)(M, NP, DK, b->q3, DK, b->kp3, b->s, NK);
 }
 
+static void call_qk_bf16_split(generic_fn *f, buffers *b)
+{
+    ((nsa_qk_bf16_split_ukernel *)f)(M, NP, DK, b->q3, DK, b->kp16, b->s, NK);
+}
+
 static void call_pv_x3(generic_fn *f, buffers *b)
 {
     ((nsa_pv_x3_ukernel *)f)(M, NK, DV, b->p, NK, b->v3, DV, b->acc, DV);
@@ -161,6 +167,8 @@ static const slot_bench slots[] = {
      REF(nsa_x3_qk_ukernel__ref)},
     {"pv_x3", "m=16 nk=64 dv=128", 2.0 * M * NK * DV, call_pv_x3, out_pv,
      REF(nsa_x3_pv_ukernel__ref)},
+    {"qk_bf16_split", "m=16 np=4 (64 keys) dk=128", 2.0 * M * NK * DK, call_qk_bf16_split,
+     out_qk, REF(nsa_bf16_qk_split_ukernel__ref)},
 };
 #undef REF
 enum { SLOTS = sizeof slots / sizeof slots[0] };
@@ -377,7 +385,8 @@ int bench_kernels_mode(const bench_options *opt)
     fprintf(f, "\n%% peak: of the single-thread FMA peak of the kernel's ISA (ref: the "
                "baseline ISA's). qk/pv count 2 FLOPs per multiply-add; softmax 4 per score + 1 "
                "per accumulator element, and its time includes restoring the 4 KiB score tile; "
-               "gate_mix 5 per output; pool 2 per multiply-add; qk_bf16, pv_bf16, qk_x3 and pv_x3 as qk and pv. "
+               "gate_mix 5 per output; pool 2 per multiply-add; qk_bf16, pv_bf16, qk_x3, pv_x3 "
+               "and qk_bf16_split as qk and pv. "
                "max|diff| is against the ref kernel on the same inputs "
                "(non-zero exit above 1e-4).\n");
     free(b);

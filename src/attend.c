@@ -35,6 +35,10 @@ static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys 
     else if (keys->kp != NULL)
         uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
                keys->kp + (size_t)first_panel * rows->dk * NSA_PANEL, s, lds);
+    else if (rows->q3 != NULL) /* bf16 keys, the rows split once for all calls */
+        uk->qk_bf16_split(rows->m, (size_t)np, rows->dk, rows->q3, nsa_x3_row_words(rows->dk),
+                          keys->kp16 + (size_t)first_panel * nsa_bf16_panel_words(rows->dk), s,
+                          lds);
     else
         uk->qk_bf16(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
                     keys->kp16 + (size_t)first_panel * nsa_bf16_panel_words(rows->dk), s, lds);

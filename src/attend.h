@@ -40,7 +40,8 @@ typedef struct nsa_softmax_state {
 } nsa_softmax_state;
 
 /* The rows of a tile: m query rows q[m][dk] (contiguous, packed), and
- * for split keys the same rows scaled and split (split_x3, ukernels.h). */
+ * for split keys, or bf16 keys on tile products, the same rows scaled and
+ * split (split_x3, ukernels.h). */
 typedef struct nsa_rows {
     size_t m, dk, dv;
     float scale;

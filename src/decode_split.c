@@ -52,6 +52,7 @@ typedef struct split_tile {
     nsa_tile tile;
     size_t m;
     float *q;  /* [m][Dk] packed rows */
+    uint16_t *q3; /* the same split (nsa_tile_splits_rows), or NULL */
     float *s;  /* [m][lds] compressed probabilities */
     size_t lds;
     float *factor;         /* [m][ldf]: merge weights, per unit of a branch */
@@ -152,7 +153,7 @@ static nsa_rows tile_rows(const split_run *run, const split_tile *t)
 {
     const nsa_config *cfg = &run->plan->cfg;
     return (nsa_rows){.m = t->m, .dk = (size_t)cfg->head_dim_qk, .dv = (size_t)cfg->head_dim_v,
-                      .scale = cfg->scale, .q = t->q};
+                      .scale = cfg->scale, .q = t->q, .q3 = t->q3};
 }
 
 /* ---------------------------------------------------- units: attention -- */
@@ -575,6 +576,9 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         for (int b = 0; b < 3; b++)
             most = bounds[b] > most ? bounds[b] : most;
         float *q = nsa_carve(&c, m * dk * sizeof(float));
+        uint16_t *q3 = nsa_tile_splits_rows(plan, &tiles[i], (int64_t)m)
+                           ? nsa_carve(&c, nsa_x3_query_words(m, dk) * sizeof(uint16_t))
+                           : NULL;
         float *s = nsa_carve(&c, m * lds * sizeof(float));
         float *factor = nsa_carve(&c, m * (size_t)most * sizeof(float));
         float *p_sum = nsa_carve(&c, (size_t)tiles[i].count * lds * sizeof(float));
@@ -591,7 +595,7 @@ static size_t layout(split_run *run, const nsa_tile *tiles, char *base, int32_t 
         int32_t *union_blocks = nsa_carve(&c, n * sizeof(int32_t));
         split_tile *t = base != NULL ? &run->tiles[i] : NULL;
         if (t != NULL)
-            *t = (split_tile){.tile = tiles[i], .m = m, .q = q, .s = s,
+            *t = (split_tile){.tile = tiles[i], .m = m, .q = q, .q3 = q3, .s = s,
                               .lds = lds, .factor = factor, .ldf = (size_t)most,
                               .p_sum = p_sum, .score = score, .ld_score = ld_score,
                               .unit_best = unit_best, .unit_best_count = unit_best_count,
@@ -657,6 +661,9 @@ static int64_t list_items(split_run *run)
         for (int64_t tq = 0; tq < tile->count; tq++)
             memcpy(t->q + (size_t)tq * row_floats, tile->q + (size_t)tq * tile->q_stride,
                    row_floats * sizeof(float));
+        if (t->q3 != NULL)
+            plan->kernels.split_x3(t->m, (size_t)cfg->head_dim_qk, cfg->scale, t->q,
+                                   (size_t)cfg->head_dim_qk, t->q3);
         const int64_t visible =
             nsa_visible_compressed(cfg, tile->first + tile->count - 1, tile->len);
         if (visible > 0)

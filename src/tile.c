@@ -73,9 +73,8 @@ static size_t scratch_carve(const nsa_plan *plan, int64_t max_queries, int64_t m
     nsa_carver c = {.base = (char *)f};
     nsa_tile_scratch v = {0};
     v.q = nsa_carve(&c, m * dk * sizeof(float));
-    if (plan->kernels.split_fp32) {
+    if (plan->kernels.split_fp32 || plan->kernels.split_bf16_queries)
         v.q3 = nsa_carve(&c, nsa_x3_query_words(m, dk) * sizeof(uint16_t));
-    }
     v.s_cmp = nsa_carve(&c, m * lds_cmp * sizeof(float));
     v.chunk_max = nsa_carve(&c, m * ld_chunk * sizeof(float));
     v.weight = nsa_carve(&c, (size_t)plan->group_size * sizeof(float));
@@ -108,15 +107,19 @@ size_t nsa_tile_scratch_floats(const nsa_plan *plan, int64_t max_queries, int64_
     return scratch_carve(plan, max_queries, max_len, NULL, NULL);
 }
 
-/* Whether any of the tile's keys are split (the forward's, on tile
- * products: the compressed ones for NSA, the raw ones for dense). */
-static int split_keys(const nsa_tile *tile)
+int nsa_tile_splits_rows(const nsa_plan *plan, const nsa_tile *tile, int64_t m)
 {
-    return tile->raw.kp3 != NULL || tile->compressed.kp3 != NULL;
+    enum { MIN_ROWS = 8 };
+    /* split keys: the forward's, on tile products (the compressed ones for
+     * NSA, the raw ones for dense) */
+    if (tile->raw.kp3 != NULL || tile->compressed.kp3 != NULL)
+        return 1;
+    return plan->kernels.split_bf16_queries && tile->raw.kp16 != NULL && m >= MIN_ROWS;
 }
 
 /* Copies the tile's query rows together, so the kernels see one matrix,
- * and splits them once when the keys are split. */
+ * and splits them once where that pays (nsa_tile_splits_rows; t->q3 is
+ * NULL otherwise). */
 static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scratch *t)
 {
     const size_t dk = (size_t)plan->cfg.head_dim_qk;
@@ -124,9 +127,11 @@ static void pack_queries(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_sc
     for (int64_t i = 0; i < tile->count; i++)
         memcpy(t->q + (size_t)i * row_floats, tile->q + (size_t)i * tile->q_stride,
                row_floats * sizeof *t->q);
-    if (split_keys(tile))
-        plan->kernels.split_x3((size_t)tile->count * (size_t)plan->group_size, dk,
-                               plan->cfg.scale, t->q, dk, t->q3);
+    const int64_t m = tile->count * plan->group_size;
+    if (nsa_tile_splits_rows(plan, tile, m))
+        plan->kernels.split_x3((size_t)m, dk, plan->cfg.scale, t->q, dk, t->q3);
+    else
+        t->q3 = NULL;
 }
 
 /* Blocks for the query at position pos of a sequence of len keys, from
@@ -351,7 +356,12 @@ static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scr
     const nsa_config *cfg = &plan->cfg;
     const size_t dk = (size_t)cfg->head_dim_qk, dv = (size_t)cfg->head_dim_v;
     const size_t row0 = (size_t)(sub * plan->group_size), m = (size_t)(count * plan->group_size);
-    const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = t->q + row0 * dk};
+    /* the split rows from row0 on, where a block of 16 starts there */
+    const int split = t->q3 != NULL && row0 % 16 == 0 &&
+                      nsa_tile_splits_rows(plan, tile, (int64_t)m);
+    const uint16_t *q3 = split ? t->q3 + row0 / 16 * 3 * 16 * nsa_x3_row_words(dk) : NULL;
+    const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = t->q + row0 * dk,
+                           .q3 = q3};
     const nsa_softmax_state part = {.max = t->branch[branch].max + row0,
                                     .sum = t->branch[branch].sum + row0,
                                     .acc = t->branch[branch].acc + row0 * dv,

@@ -52,6 +52,12 @@ typedef struct nsa_tile {
 int64_t nsa_tile_queries(const nsa_plan *plan, int dense);
 int64_t nsa_tile_sub_queries(const nsa_plan *plan);
 
+/* Whether m rows over a tile's keys are split once for all the tile's
+ * calls: for split fp32 keys (qk_x3), and for a bf16 cache's keys on tile
+ * products (qk_bf16_split) when the rows fill half a tile or more (fewer
+ * go to the AVX-512 kernels, which read the fp32 rows). */
+int nsa_tile_splits_rows(const nsa_plan *plan, const nsa_tile *tile, int64_t m);
+
 /* Scratch of one worker: sized for tiles of up to max_queries queries in
  * sequences of up to max_len keys. */
 typedef struct nsa_tile_scratch nsa_tile_scratch;

@@ -142,6 +142,12 @@ typedef void nsa_qk_x3_ukernel(size_t m, size_t np, size_t dk, const uint16_t *q
                                const uint16_t *kp, float *s, size_t lds);
 typedef nsa_pv_bf16_ukernel nsa_pv_x3_ukernel;
 
+/* Scores of query rows split as qk_x3 takes them (split_x3's layout, the
+ * scale in the rows) against bf16 key panels (the paired layout above):
+ * the rows of a decode step are split once, not once per call of qk_bf16
+ * (for 64 keys the split took half of such a call). */
+typedef nsa_qk_x3_ukernel nsa_qk_bf16_split_ukernel;
+
 /* q[m][dk] (row stride ldq) times scale into the split query layout at
  * dst: nsa_x3_query_words(m, dk) words. */
 typedef void nsa_split_x3_ukernel(size_t m, size_t dk, float scale, const float *q, size_t ldq,
@@ -243,9 +249,13 @@ typedef struct nsa_ukernels {
     nsa_qk_x3_ukernel *qk_x3;
     nsa_pv_x3_ukernel *pv_x3;
     nsa_split_x3_ukernel *split_x3;
+    nsa_qk_bf16_split_ukernel *qk_bf16_split;
     /* Whether the forward stores its fp32 keys and values split for
      * qk_x3 and pv_x3: only when tile products run them (dispatch.c). */
     int split_fp32;
+    /* Whether a decode step over a bf16 cache splits its rows once for
+     * qk_bf16_split: likewise only on tile products. */
+    int split_bf16_queries;
 } nsa_ukernels;
 
 /* The portable scalar kernels (src/ref/): the executable specification every
@@ -263,6 +273,7 @@ nsa_grad_score_t_ukernel nsa_f32_grad_score_t_ukernel__ref;
 nsa_qk_x3_ukernel nsa_x3_qk_ukernel__ref;
 nsa_pv_x3_ukernel nsa_x3_pv_ukernel__ref;
 nsa_split_x3_ukernel nsa_x3_split_ukernel__ref;
+nsa_qk_bf16_split_ukernel nsa_bf16_qk_split_ukernel__ref;
 
 /* The optimised kernels, one declaration per line of the registry. */
 #define NSA_UKERNEL(isa, slot, fn) nsa_##slot##_ukernel fn;

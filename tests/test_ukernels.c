@@ -42,7 +42,8 @@ typedef enum slot {
     SLOT_grad_score_t,
     SLOT_qk_x3,
     SLOT_pv_x3,
-    SLOT_split_x3
+    SLOT_split_x3,
+    SLOT_qk_bf16_split
 } slot;
 
 typedef struct entry {
@@ -196,11 +197,12 @@ static uint16_t *split_values(const float *v, size_t nk, size_t dv, size_t ldv)
     return exact;
 }
 
-/* qk with fp32 keys (fn), bf16 keys (fn16) or split fp32 keys (fn3),
- * against the reference of the keys' values (for split keys, the fp32
- * reference on the keys before the split). */
+/* qk with fp32 keys (fn), bf16 keys (fn16), split fp32 keys (fn3) or
+ * bf16 keys with split rows (fn16s), against the reference of the keys'
+ * values (for split keys, the fp32 reference on the keys before the split;
+ * for split rows, the bf16 reference on the rows before the split). */
 static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, nsa_qk_x3_ukernel *fn3,
-                     const char *name)
+                     nsa_qk_bf16_split_ukernel *fn16s, const char *name)
 {
     static const size_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 24, 31, 33};
     static const size_t nps[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
@@ -211,8 +213,9 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, nsa_qk_x3_uk
                 const size_t m = ms[a], np = nps[b], dk = dks[c];
                 const size_t ldq = dk + 3, lds = np * NSA_PANEL + 5, total = (m + 1) * lds;
                 float *q = random_floats((m - 1) * ldq + dk, -1, 1);
-                float *kp = fn16 == NULL ? random_floats(np * dk * NSA_PANEL, -1, 1) : NULL;
-                uint16_t *kp16 = fn16 != NULL   ? random_bf16_panels(np, dk)
+                const int bf16 = fn16 != NULL || fn16s != NULL;
+                float *kp = !bf16 ? random_floats(np * dk * NSA_PANEL, -1, 1) : NULL;
+                uint16_t *kp16 = bf16           ? random_bf16_panels(np, dk)
                                  : fn3 != NULL ? split_panels(kp, np, dk)
                                                : NULL;
                 float *got = malloc(total * sizeof *got), *want = malloc(total * sizeof *want);
@@ -222,6 +225,11 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, nsa_qk_x3_uk
                     uint16_t *q3 = split_rows(q, ldq, m, dk, 0.37f);
                     fn3(m, np, dk, q3, nsa_x3_row_words(dk), kp16, got, lds);
                     nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
+                    free(q3);
+                } else if (fn16s != NULL) {
+                    uint16_t *q3 = split_rows(q, ldq, m, dk, 0.37f);
+                    fn16s(m, np, dk, q3, nsa_x3_row_words(dk), kp16, got, lds);
+                    nsa_bf16_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp16, want, lds);
                     free(q3);
                 } else if (fn != NULL) {
                     fn(m, np, dk, 0.37f, q, ldq, kp, got, lds);
@@ -662,19 +670,22 @@ static void test_registry_entry(void **state)
         skip();
     }
     switch (e->kind) {
-    case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, NULL, NULL, e->name); break;
+    case SLOT_qk: check_qk((nsa_qk_ukernel *)e->fn, NULL, NULL, NULL, e->name); break;
     case SLOT_pv: check_pv((nsa_pv_ukernel *)e->fn, NULL, NULL, e->name); break;
     case SLOT_qk_x3:
-        check_qk(NULL, NULL, (nsa_qk_x3_ukernel *)e->fn, e->name);
+        check_qk(NULL, NULL, (nsa_qk_x3_ukernel *)e->fn, NULL, e->name);
         check_x3_exact((nsa_qk_x3_ukernel *)e->fn, NULL, e->name);
         break;
     case SLOT_split_x3: check_split((nsa_split_x3_ukernel *)e->fn, e->name); break;
+    case SLOT_qk_bf16_split:
+        check_qk(NULL, NULL, NULL, (nsa_qk_bf16_split_ukernel *)e->fn, e->name);
+        break;
     case SLOT_pv_x3:
         check_pv(NULL, NULL, (nsa_pv_x3_ukernel *)e->fn, e->name);
         check_x3_exact(NULL, (nsa_pv_x3_ukernel *)e->fn, e->name);
         break;
     case SLOT_qk_bf16:
-        check_qk(NULL, (nsa_qk_bf16_ukernel *)e->fn, NULL, e->name);
+        check_qk(NULL, (nsa_qk_bf16_ukernel *)e->fn, NULL, NULL, e->name);
         check_bf16_exact((nsa_qk_bf16_ukernel *)e->fn, NULL, e->name);
         break;
     case SLOT_pv_bf16:
@@ -747,6 +758,15 @@ static void test_reference_grad_kernels_agree(void **state)
         }
 }
 
+/* The split-rows reference is the baseline of qk_bf16_split's kernels;
+ * check it, on its own, against the bf16 reference on the rows before the
+ * split. */
+static void test_reference_split_rows_qk(void **state)
+{
+    (void)state;
+    check_qk(NULL, NULL, NULL, nsa_bf16_qk_split_ukernel__ref, "nsa_bf16_qk_split_ukernel__ref");
+}
+
 int main(void)
 {
     enum { MAX_TESTS = 64 };
@@ -754,6 +774,7 @@ int main(void)
     size_t count = 0;
     tests[count++] = (struct CMUnitTest)cmocka_unit_test(test_reference_softmax_is_a_softmax);
     tests[count++] = (struct CMUnitTest)cmocka_unit_test(test_reference_grad_kernels_agree);
+    tests[count++] = (struct CMUnitTest)cmocka_unit_test(test_reference_split_rows_qk);
     for (size_t i = 0; registry[i].name != NULL && count < MAX_TESTS; i++) {
         tests[count] = (struct CMUnitTest)cmocka_unit_test_prestate(test_registry_entry,
                                                                     &registry[i]);

@@ -7,7 +7,8 @@
  * scaled and split into three exact bf16 terms (amx-helpers.h; the scale is
  * applied to q, not to the scores), 32 channels per left tile, each 32 as
  * the first panel reaches them (a tile load waits for the stores before
- * it). A panel's paired rows are already the right operand's layout: 32
+ * it); the split variant takes them split already (split_x3's layout), as
+ * a decode step passes them to each of its calls. A panel's paired rows are already the right operand's layout: 32
  * channels of a panel are one 1 KiB right tile, loaded as it is (an
  * incomplete last one is copied into a zero-padded tile first). Each 32
  * channels are three tile products, one per term, summed in the
@@ -46,11 +47,12 @@ static void load_right(const uint16_t *panel, size_t c0, size_t dk, uint16_t *pa
     _tile_loadd(7, pad, NSA_AMX_BYTES);
 }
 
-/* s[rows][np * 16] for up to 16 rows of q (stride ldq), scaled and split
- * into terms[3] (stride ld words) as the first panel reaches them. */
+/* s[rows][np * 16] for up to 16 rows whose terms[3] (stride ld words) are
+ * given, or (split not NULL: the same buffers) split from q (stride ldq)
+ * times scale as the first panel reaches them. */
 static void qk_rows(size_t rows, size_t np, size_t dk, float scale, const float *q, size_t ldq,
-                    uint16_t *const terms[3], size_t ld, const uint16_t *kp, float *s,
-                    size_t lds)
+                    uint16_t *const split[3], const uint16_t *const terms[3], size_t ld,
+                    const uint16_t *kp, float *s, size_t lds)
 {
     _Alignas(64) uint16_t pad[NSA_AMX_ROWS * NSA_AMX_DEPTH];
     _Alignas(64) float out[NSA_AMX_ROWS * NSA_PANEL];
@@ -59,8 +61,8 @@ static void qk_rows(size_t rows, size_t np, size_t dk, float scale, const float 
         const uint16_t *panel = kp + p * words;
         _tile_zero(0);
         for (size_t c0 = 0; c0 < dk; c0 += NSA_AMX_DEPTH) {
-            if (p == 0) {
-                uint16_t *const at[3] = {terms[0] + c0, terms[1] + c0, terms[2] + c0};
+            if (p == 0 && split != NULL) {
+                uint16_t *const at[3] = {split[0] + c0, split[1] + c0, split[2] + c0};
                 nsa_amx_split_rows(q + c0, ldq, rows, dk - c0, scale, NSA_AMX_DEPTH, ld, at);
             }
             _tile_loadd(4, terms[0] + c0, ld * sizeof(uint16_t));
@@ -91,10 +93,24 @@ void nsa_bf16_qk_ukernel_16x16__amx(size_t m, size_t np, size_t dk, float scale,
     const size_t ld = (dk + NSA_AMX_DEPTH - 1) / NSA_AMX_DEPTH * NSA_AMX_DEPTH;
     _Alignas(64) uint16_t split[3][NSA_AMX_ROWS * MAX_DK];
     uint16_t *const terms[3] = {split[0], split[1], split[2]};
+    const uint16_t *const read[3] = {split[0], split[1], split[2]};
     nsa_amx_begin();
     for (size_t r0 = 0; r0 < m; r0 += NSA_AMX_ROWS) {
         const size_t rows = m - r0 < NSA_AMX_ROWS ? m - r0 : NSA_AMX_ROWS;
-        qk_rows(rows, np, dk, scale, q + r0 * ldq, ldq, terms, ld, kp, s + r0 * lds, lds);
+        qk_rows(rows, np, dk, scale, q + r0 * ldq, ldq, terms, read, ld, kp, s + r0 * lds, lds);
+    }
+    nsa_amx_end();
+}
+
+void nsa_bf16_qk_split_ukernel_16x16__amx(size_t m, size_t np, size_t dk, const uint16_t *q,
+                                          size_t ldq, const uint16_t *kp, float *s, size_t lds)
+{
+    const size_t term = NSA_AMX_ROWS * ldq;
+    nsa_amx_begin();
+    for (size_t r0 = 0; r0 < m; r0 += NSA_AMX_ROWS, q += 3 * term) {
+        const size_t rows = m - r0 < NSA_AMX_ROWS ? m - r0 : NSA_AMX_ROWS;
+        const uint16_t *const terms[3] = {q, q + term, q + 2 * term};
+        qk_rows(rows, np, dk, 1.0f, NULL, 0, NULL, terms, ldq, kp, s + r0 * lds, lds);
     }
     nsa_amx_end();
 }
