@@ -231,7 +231,7 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
     if (run->kcp3 != NULL) {
         compressed.kp3 = seq_split(run, run->kcp3, run->cp_offset, b, h, 0);
         compressed.v3 = seq_split(run, run->vcp3, run->cp_offset, b, h, 1);
-    } else {
+    } else if (run->kcp != NULL) { /* none for dense attention */
         compressed.kp = seq_panels(run, run->kcp, run->cp_offset, b, h);
         compressed.v = run->vc + (size_t)((h * run->c_offset[B] + run->c_offset[b]) * dv);
     }
@@ -426,8 +426,11 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
         run->p_offset[b + 1] = run->p_offset[b] + nsa_panels_of(len);
         run->cp_offset[b + 1] = run->cp_offset[b] + nsa_panels_of(nc);
     }
-    run->kc = nsa_alloc_floats(hkv * run->c_offset[B] * dk);
-    run->vc = nsa_alloc_floats(hkv * run->c_offset[B] * dv);
+    const int compressed = !call->dense; /* dense attention reads only the raw keys */
+    if (compressed) {
+        run->kc = nsa_alloc_floats(hkv * run->c_offset[B] * dk);
+        run->vc = nsa_alloc_floats(hkv * run->c_offset[B] * dv);
+    }
     const int split_raw = split_raw_keys(call), split_cmp = split_compressed_keys(call);
     const size_t key_words = split_panel_words(cfg, 0), value_words = split_panel_words(cfg, 1);
     if (split_raw) { /* 1.5x the bytes of fp32 panels */
@@ -437,10 +440,10 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
         run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
         run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
     }
-    if (split_cmp) {
+    if (compressed && split_cmp) {
         run->kcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * key_words * 2, 0);
         run->vcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * value_words * 2, 0);
-    } else {
+    } else if (compressed) {
         run->kcp = nsa_alloc_large((size_t)(hkv * run->cp_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
     }
 
@@ -466,10 +469,12 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
             run->scratch_floats = selected;
     }
     run->scratch = nsa_worker_scratch_alloc(workers, run->scratch_floats);
-    const int packed = (split_raw ? run->kp3 != NULL && run->vp3 != NULL
-                                  : run->kp != NULL && run->vp != NULL) &&
-                       (split_cmp ? run->kcp3 != NULL && run->vcp3 != NULL : run->kcp != NULL);
-    if (run->kc == NULL || run->vc == NULL || !packed || (!call->dense && run->blocks == NULL) ||
+    const int packed = split_raw ? run->kp3 != NULL && run->vp3 != NULL
+                                 : run->kp != NULL && run->vp != NULL;
+    const int packed_compressed =
+        !compressed || (run->kc != NULL && run->vc != NULL &&
+                        (split_cmp ? run->kcp3 != NULL && run->vcp3 != NULL : run->kcp != NULL));
+    if (!packed || !packed_compressed || (!call->dense && run->blocks == NULL) ||
         run->items == NULL || run->scratch == NULL)
         return NSA_ERROR_OUT_OF_MEMORY;
     return NSA_SUCCESS;
