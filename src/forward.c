@@ -440,7 +440,7 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
         run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
         run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
     }
-    if (compressed && split_cmp) {
+    if (split_cmp) {
         run->kcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * key_words * 2, 0);
         run->vcp3 = nsa_alloc_large((size_t)(hkv * run->cp_offset[B]) * value_words * 2, 0);
     } else if (compressed) {

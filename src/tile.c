@@ -359,7 +359,7 @@ static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scr
     /* the split rows from row0 on, where a block of 16 starts there */
     const int split = t->q3 != NULL && row0 % 16 == 0 &&
                       nsa_tile_splits_rows(plan, tile, (int64_t)m);
-    const uint16_t *q3 = split ? t->q3 + row0 / 16 * 3 * 16 * nsa_x3_row_words(dk) : NULL;
+    const uint16_t *q3 = split ? t->q3 + nsa_x3_query_words(row0, dk) : NULL;
     const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = t->q + row0 * dk,
                            .q3 = q3};
     const nsa_softmax_state part = {.max = t->branch[branch].max + row0,

@@ -164,6 +164,21 @@ static inline size_t nsa_x3_query_words(size_t m, size_t dk)
     return (m + 15) / 16 * 3 * 16 * nsa_x3_row_words(dk);
 }
 
+/* Where term t of channel c of row r sits in the split query layout (rows
+ * ldq words apart), and the fp32 value the three terms add up to exactly
+ * (hi + mid is exact, and adding lo gives it): for the reference kernels. */
+static inline size_t nsa_x3_query_at(size_t ldq, size_t r, size_t t, size_t c)
+{
+    return ((r / 16 * 3 + t) * 16 + r % 16) * ldq + c;
+}
+
+static inline float nsa_x3_query_value(const uint16_t *q, size_t ldq, size_t r, size_t c)
+{
+    return (nsa_bf16_to_f32(q[nsa_x3_query_at(ldq, r, 0, c)]) +
+            nsa_bf16_to_f32(q[nsa_x3_query_at(ldq, r, 1, c)])) +
+           nsa_bf16_to_f32(q[nsa_x3_query_at(ldq, r, 2, c)]);
+}
+
 /* Words of one split key panel, and of one split value pair row (two
  * keys), all three terms. */
 static inline size_t nsa_x3_panel_words(size_t dk)

@@ -6,19 +6,19 @@
  * Tile: 16 rows x 1 panel (16 keys) in one accumulator tile. The rows are
  * scaled and split into three exact bf16 terms (amx-helpers.h; the scale is
  * applied to q, not to the scores), 32 channels per left tile, each 32 as
- * the first panel reaches them (a tile load waits for the stores before
- * it); the split variant takes them split already (split_x3's layout), as
- * a decode step passes them to each of its calls. A panel's paired rows are already the right operand's layout: 32
- * channels of a panel are one 1 KiB right tile, loaded as it is (an
- * incomplete last one is copied into a zero-padded tile first). Each 32
- * channels are three tile products, one per term, summed in the
- * accumulator, which goes straight into s when it holds 16 rows. Panels go
- * one after the other, so the right tiles are read in memory order (four
- * panels side by side, reusing each left tile 4 times, were 10-20 % slower:
- * their loads were not), and each right tile is asked for two panels ahead
- * (tile loads train no hardware prefetcher; in a decode step the keys come
- * from L3). Rows past m are zeros. Few rows would leave the
- * tiles mostly empty, and very long rows would not fit the split on the
+ * the first panel reaches them (a tile load waits for the stores before it);
+ * the split variant takes them split already (split_x3's layout), as a
+ * decode step passes them to each of its calls. A panel's paired rows are
+ * already the right operand's layout: 32 channels of a panel are one 1 KiB
+ * right tile, loaded as it is (an incomplete last one is copied into a
+ * zero-padded tile first). Each 32 channels are three tile products, one per
+ * term, summed in the accumulator, which goes straight into s when it holds
+ * 16 rows. Panels go one after the other, so the right tiles are read in
+ * memory order (four panels side by side, reusing each left tile 4 times,
+ * were 10-20 % slower: their loads were not), and each right tile is asked
+ * for two panels ahead (tile loads train no hardware prefetcher; in a decode
+ * step the keys come from L3). Rows past m are zeros. Few rows would leave
+ * the tiles mostly empty, and very long rows would not fit the split on the
  * stack: both go to the AVX-512 kernel.
  */
 #include "amx-helpers.h"

@@ -17,14 +17,6 @@ static float key_at(const uint16_t *kp, size_t dk, size_t j, size_t c)
            nsa_bf16_to_f32(panel[2 * words + at]);
 }
 
-/* Channel c of row r of the split rows at q. */
-static float query_at(const uint16_t *q, size_t ldq, size_t r, size_t c)
-{
-    const size_t term = 16 * ldq, at = r / 16 * 3 * term + r % 16 * ldq + c;
-    return (nsa_bf16_to_f32(q[at]) + nsa_bf16_to_f32(q[term + at])) +
-           nsa_bf16_to_f32(q[2 * term + at]);
-}
-
 void nsa_x3_qk_ukernel__ref(size_t m, size_t np, size_t dk, const uint16_t *q, size_t ldq,
                             const uint16_t *kp, float *s, size_t lds)
 {
@@ -33,7 +25,8 @@ void nsa_x3_qk_ukernel__ref(size_t m, size_t np, size_t dk, const uint16_t *q, s
             float dot[NSA_PANEL] = {0};
             for (size_t c = 0; c < dk; c++)
                 for (size_t j = 0; j < NSA_PANEL; j++)
-                    dot[j] += query_at(q, ldq, r, c) * key_at(kp, dk, p * NSA_PANEL + j, c);
+                    dot[j] += nsa_x3_query_value(q, ldq, r, c) *
+                              key_at(kp, dk, p * NSA_PANEL + j, c);
             for (size_t j = 0; j < NSA_PANEL; j++)
                 s[r * lds + p * NSA_PANEL + j] = dot[j];
         }

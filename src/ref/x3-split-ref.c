@@ -17,6 +17,6 @@ void nsa_x3_split_ukernel__ref(size_t m, size_t dk, float scale, const float *q,
             uint16_t terms[3];
             nsa_split3(scale * q[r * ldq + c], terms);
             for (size_t t = 0; t < 3; t++)
-                dst[(r / 16 * 3 + t) * 16 * ld + r % 16 * ld + c] = terms[t];
+                dst[nsa_x3_query_at(ld, r, t, c)] = terms[t];
         }
 }
