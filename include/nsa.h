@@ -505,6 +505,27 @@ NSA_API int64_t nsa_cache_capacity(const nsa_cache *cache);
 /* Empties the cache for reuse; its memory is kept. */
 NSA_API nsa_status nsa_cache_reset(nsa_cache *cache);
 
+/* Tokens a bf16 cache can always drop with nsa_cache_truncate (see there). */
+#define NSA_CACHE_BF16_ROLLBACK 64
+
+/* Drops the newest tokens: keeps the first `length` (0 <= length <=
+ * nsa_cache_length), as if only they had been appended, with the
+ * compressed tokens whose windows lie within them; the others are
+ * recomputed when appends complete their windows again. For speculative
+ * decoding: append a draft, decode it, truncate to the accepted prefix.
+ * An fp32 cache can drop any number of tokens. A bf16 cache keeps fp32
+ * copies of only its newest l - 1 + NSA_CACHE_BF16_ROLLBACK tokens (phi
+ * must see what nsa_forward sees), so it can drop up to
+ * NSA_CACHE_BF16_ROLLBACK tokens, fewer right after an earlier truncation
+ * until appends make up for them; beyond that it answers
+ * NSA_ERROR_UNSUPPORTED (nsa_cache_reset and appending again always work).
+ * Cost: O(dropped tokens) memory writes (fp32: plus reading back l - 1
+ * tokens). Errors: NSA_ERROR_NULL_POINTER, NSA_ERROR_INVALID_DIMENSION
+ * (length out of range), NSA_ERROR_UNSUPPORTED; the cache is unchanged on
+ * failure. Thread safety: one call at a time per cache, and none while a
+ * decode reads it. */
+NSA_API nsa_status nsa_cache_truncate(nsa_cache *cache, int64_t length);
+
 /* Appends count >= 0 tokens at the end of the cache:
  *
  *   k [count][Hkv][Dk], v [count][Hkv][Dv]   fp32, the new tokens' keys and values

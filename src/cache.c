@@ -8,6 +8,8 @@
  * tokens in fp32 (the stored copy may be bf16, and phi must see exactly
  * what nsa_forward sees). An append gathers each run of new windows into a
  * small fp32 buffer and runs phi on it with the same code as the forward.
+ * Truncation (a rejected speculative draft) drops the newest tokens and the
+ * compressed tokens whose windows reach them, and restores that tail.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -191,8 +193,9 @@ nsa_status nsa_cache_create(const nsa_plan *plan, int64_t capacity, nsa_dtype dt
     c->v = zeroed(counts[V], size);
     c->kc = zeroed(counts[KC], size);
     c->vc = zeroed(counts[VC], size);
-    c->tail_k = zeroed((cfg->cmp_block - 1) * hkv * dk, sizeof(float));
-    c->tail_v = zeroed((cfg->cmp_block - 1) * hkv * dv, sizeof(float));
+    c->tail_size = cfg->cmp_block - 1 + (dtype == NSA_DTYPE_BF16 ? NSA_CACHE_BF16_ROLLBACK : 0);
+    c->tail_k = zeroed(c->tail_size * hkv * dk, sizeof(float));
+    c->tail_v = zeroed(c->tail_size * hkv * dv, sizeof(float));
     if (!c->k || !c->v || !c->kc || !c->vc || !c->tail_k || !c->tail_v) {
         nsa_cache_destroy(c);
         return nsa_fail(ctx, NSA_ERROR_OUT_OF_MEMORY,
@@ -229,6 +232,82 @@ nsa_status nsa_cache_reset(nsa_cache *cache)
         memset(cache->vc, 0, (size_t)counts[VC] * size);
     }
     cache->length = 0;
+    cache->tail_count = 0;
+    return NSA_SUCCESS;
+}
+
+/* Zeroes tokens [from, to) of every head of one key (panels) and value
+ * (rows) store, as a reset leaves them. */
+static void clear_tokens(const nsa_cache *cache, void *panels, int64_t head_panels, void *rows,
+                         int64_t head_rows, int64_t from, int64_t to)
+{
+    const nsa_config *cfg = &cache->plan.cfg;
+    const nsa_dtype dtype = cache->dtype;
+    const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    for (int64_t h = 0; h < cfg->num_kv_heads; h++) {
+        const size_t key_head = (size_t)(h * head_panels * panel_size(dtype, dk));
+        const size_t value_head = (size_t)(h * value_rows(dtype, head_rows) * dv);
+        for (int64_t pos = from; pos < to; pos++) {
+            for (int64_t c = 0; c < dk; c++)
+                store(panels, dtype, key_head + key_at(dtype, dk, pos, c), 0.0f);
+            for (int64_t c = 0; c < dv; c++)
+                store(rows, dtype, value_head + value_at(dtype, dv, pos, c), 0.0f);
+        }
+    }
+}
+
+/* An fp32 cache's tail read back from its storage: the last tail_count
+ * tokens before its length. */
+static void reload_tail(nsa_cache *cache)
+{
+    const nsa_config *cfg = &cache->plan.cfg;
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const float *k = cache->k, *v = cache->v;
+    const int64_t first = cache->length - cache->tail_count;
+    for (int64_t i = 0; i < cache->tail_count; i++)
+        for (int64_t h = 0; h < hkv; h++) {
+            const size_t key_head = (size_t)(h * cache->panels * dk * NSA_PANEL);
+            const size_t value_head = (size_t)(h * cache->capacity * dv);
+            for (int64_t c = 0; c < dk; c++)
+                cache->tail_k[(i * hkv + h) * dk + c] =
+                    k[key_head + key_at(NSA_DTYPE_F32, dk, first + i, c)];
+            for (int64_t c = 0; c < dv; c++)
+                cache->tail_v[(i * hkv + h) * dv + c] =
+                    v[value_head + value_at(NSA_DTYPE_F32, dv, first + i, c)];
+        }
+}
+
+nsa_status nsa_cache_truncate(nsa_cache *cache, int64_t length)
+{
+    if (cache == NULL)
+        return NSA_ERROR_NULL_POINTER;
+    const nsa_config *cfg = &cache->plan.cfg;
+    nsa_context *ctx = cache->plan.ctx;
+    const int64_t old = cache->length, dropped = old - length;
+    if (length < 0 || length > old)
+        return nsa_fail(ctx, NSA_ERROR_INVALID_DIMENSION,
+                        "nsa_cache_truncate: length %lld is outside 0 .. %lld, the cache's length",
+                        (long long)length, (long long)old);
+    /* a bf16 cache's tail must still hold the l - 1 tokens before length */
+    const int64_t needed = length < cfg->cmp_block - 1 ? length : cfg->cmp_block - 1;
+    if (cache->dtype == NSA_DTYPE_BF16 && cache->tail_count - dropped < needed) {
+        const int64_t most = cache->tail_count - (cfg->cmp_block - 1);
+        return nsa_fail(ctx, NSA_ERROR_UNSUPPORTED,
+                        "nsa_cache_truncate: this bf16 cache of %lld tokens can drop at most "
+                        "%lld now (it keeps fp32 copies of its newest tokens only), not %lld",
+                        (long long)old, (long long)most, (long long)dropped);
+    }
+    clear_tokens(cache, cache->k, cache->panels, cache->v, cache->capacity, length, old);
+    clear_tokens(cache, cache->kc, cache->panels_compressed, cache->vc,
+                 cache->capacity_compressed, nsa_num_compressed(cfg, length),
+                 nsa_num_compressed(cfg, old));
+    cache->length = length;
+    if (cache->dtype == NSA_DTYPE_BF16) {
+        cache->tail_count -= dropped; /* its first rows are the kept tokens */
+    } else {
+        cache->tail_count = length < cache->tail_size ? length : cache->tail_size;
+        reload_tail(cache);
+    }
     return NSA_SUCCESS;
 }
 
@@ -237,12 +316,10 @@ nsa_status nsa_cache_reset(nsa_cache *cache)
 static const float *raw_token(const nsa_cache *cache, const float *tail, const float *fresh,
                               int64_t old, int64_t pos, int64_t dim)
 {
-    const nsa_config *cfg = &cache->plan.cfg;
-    const int64_t hkv = cfg->num_kv_heads;
+    const int64_t hkv = cache->plan.cfg.num_kv_heads;
     if (pos >= old)
         return fresh + (size_t)((pos - old) * hkv * dim);
-    const int64_t kept = old < cfg->cmp_block - 1 ? old : cfg->cmp_block - 1;
-    return tail + (size_t)((pos - (old - kept)) * hkv * dim);
+    return tail + (size_t)((pos - (old - cache->tail_count)) * hkv * dim);
 }
 
 /* Compresses the windows [first, first + count) of one tensor (K: keys = 1)
@@ -274,14 +351,21 @@ static void compress_run(nsa_cache *cache, const nsa_compress_params *params, in
     }
 }
 
-/* Keeps the last min(length, l - 1) raw tokens of one tensor in its tail. */
+/* The tail's token count after an append of count tokens: as many as fit,
+ * from those it holds and the new ones. */
+static int64_t tail_after(const nsa_cache *cache, int64_t count)
+{
+    const int64_t have = cache->tail_count + count;
+    return have < cache->tail_size ? have : cache->tail_size;
+}
+
+/* Keeps the last tail_after(count) raw tokens of one tensor in its tail
+ * (tail_count still counts the tokens it held before the append). */
 static void update_tail(const nsa_cache *cache, float *tail, const float *fresh, int64_t old,
                         int64_t count, int64_t dim)
 {
-    const nsa_config *cfg = &cache->plan.cfg;
-    const int64_t hkv = cfg->num_kv_heads, keep = cfg->cmp_block - 1, row = hkv * dim;
-    const int64_t length = old + count, kept = length < keep ? length : keep;
-    const int64_t first = length - kept;
+    const int64_t row = cache->plan.cfg.num_kv_heads * dim;
+    const int64_t length = old + count, first = length - tail_after(cache, count);
     /* Rows move towards the front, so copying in order never overwrites a
      * row before it is read. */
     for (int64_t p = first; p < length; p++)
@@ -348,6 +432,7 @@ nsa_status nsa_cache_append(nsa_cache *cache, int64_t count, const float *k, con
     }
     update_tail(cache, cache->tail_k, k, old, count, dk);
     update_tail(cache, cache->tail_v, v, old, count, dv);
+    cache->tail_count = tail_after(cache, count);
     cache->length = old + count;
     free(gather);
     free(out);

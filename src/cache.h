@@ -26,9 +26,13 @@ struct nsa_cache {
     int64_t panels, panels_compressed; /* per KV head */
     void *k, *v;   /* [Hkv][panels][Dk][16], [Hkv][capacity][Dv] (fp32) */
     void *kc, *vc; /* [Hkv][panels_compressed][Dk][16], [Hkv][capacity_compressed][Dv] */
-    /* The last min(length, l - 1) raw tokens, fp32, [l - 1][Hkv][D]: the
-     * start of any compression window an append has yet to complete. */
+    /* The last tail_count raw tokens, fp32, [tail_size][Hkv][D]: at least
+     * min(length, l - 1) of them, the start of any compression window an
+     * append has yet to complete. A bf16 cache keeps NSA_CACHE_BF16_ROLLBACK
+     * more, the fp32 copies nsa_cache_truncate needs (an fp32 cache reads
+     * them back from its own storage). */
     float *tail_k, *tail_v;
+    int64_t tail_size, tail_count;
 };
 
 /* The raw (compressed = 0) or compressed keys of KV head h, as the

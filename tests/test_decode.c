@@ -450,6 +450,150 @@ static void test_concurrent_calls_match_serial(void **state)
     tu_problem_free(&p);
 }
 
+/* Speculative decoding on a cache: drafts of junk tokens (NaN keys and
+ * values) are appended, decoded and truncated away again and again, across
+ * compression windows, selection blocks and bf16 pairs, between the real
+ * tokens. The cache must end up exactly as one that saw only the real
+ * tokens, in the same appends (phi on a run of windows may round
+ * differently with the run's length): the same bits from a decode of its
+ * last queries, and the forward's outputs within rounding. An fp32 cache
+ * also drops far more than a draft at once; a bf16 one refuses to go past
+ * the fp32 copies it keeps, unchanged, and drops NSA_CACHE_BF16_ROLLBACK
+ * tokens after that many appends. */
+static decode_case truncate_cases[] = {
+    {"truncate-mean-g16", 16, 1, 32, 24, 32, 16, 64, 16, 1, 2, 128, NSA_COMPRESS_MEAN, 0, {0},
+     {700}, 0, NSA_DTYPE_F32},
+    {"truncate-linear-pe-g2-bf16", 4, 2, 20, 12, 16, 8, 32, 6, 1, 2, 64, NSA_COMPRESS_LINEAR, 1,
+     {0}, {501}, 0, NSA_DTYPE_BF16},
+    {"truncate-mlp-g1", 2, 2, 12, 8, 16, 8, 32, 4, 0, 2, 40, NSA_COMPRESS_MLP, 1, {0}, {400}, 0,
+     NSA_DTYPE_F32},
+    {"truncate-weighted-odd-dims-bf16", 16, 1, 17, 9, 16, 8, 32, 6, 1, 2, 40,
+     NSA_COMPRESS_WEIGHTED, 1, {0}, {451}, 0, NSA_DTYPE_BF16},
+};
+
+enum { DRAFT_MAX = 40, LONG_DROP = 150 };
+
+/* Appends `count` junk tokens (NaN keys and values) to cache. */
+static void append_junk(nsa_cache *cache, const tu_problem *p, int64_t count)
+{
+    const nsa_config *cfg = &p->cfg;
+    const size_t kf = (size_t)(count * cfg->num_kv_heads * cfg->head_dim_qk);
+    const size_t vf = (size_t)(count * cfg->num_kv_heads * cfg->head_dim_v);
+    float *k = tu_xcalloc(kf, sizeof(float)), *v = tu_xcalloc(vf, sizeof(float));
+    for (size_t i = 0; i < kf; i++)
+        k[i] = NAN;
+    for (size_t i = 0; i < vf; i++)
+        v[i] = NAN;
+    assert_int_equal(nsa_cache_append(cache, count, k, v, &p->cmp_k, &p->cmp_v), NSA_SUCCESS);
+    free(k);
+    free(v);
+}
+
+/* Decodes the last m queries of the single sequence of p held by cache. */
+static void decode_last(const nsa_plan *plan, nsa_cache *cache, const tu_problem *p, int64_t m,
+                        float *out, int32_t *indices)
+{
+    const int64_t pos = nsa_cache_length(cache) - m;
+    decode_step(plan, &cache, p, &pos, &m, out, indices);
+}
+
+static void truncate_to(nsa_cache *cache, int64_t length)
+{
+    nsa_status st = nsa_cache_truncate(cache, length);
+    if (st != NSA_SUCCESS)
+        fail_msg("truncate to %lld failed: %s: %s", (long long)length, nsa_status_string(st),
+                 nsa_context_last_error(tu_context()));
+    assert_int_equal(nsa_cache_length(cache), length);
+}
+
+static void run_truncate_case(void **state)
+{
+    const decode_case *c = *state;
+    tu_rng rng = tu_rng_for(c->name);
+    const nsa_config cfg = case_config(c);
+    const int64_t total = c->total[0];
+    tu_problem p;
+    assert_int_equal(tu_problem_init(&p, &cfg, &total, 1, c->pe, c->pe, &rng), 0);
+    const int64_t out_elems = tu_out_elems(&p), idx_elems = tu_indices_elems(&p);
+    float *want = tu_xcalloc((size_t)out_elems, sizeof(float));
+    float *got = tu_xcalloc((size_t)out_elems, sizeof(float));
+    int32_t *want_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
+    int32_t *got_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
+    nsa_plan *plan;
+    nsa_cache *direct, *drafted;
+    assert_int_equal(nsa_plan_create(tu_context(), &cfg, &plan), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_create(plan, total, c->dtype, &direct), NSA_SUCCESS);
+    assert_int_equal(nsa_cache_create(plan, total + LONG_DROP, c->dtype, &drafted), NSA_SUCCESS);
+
+    int long_drop_done = 0;
+    for (int64_t len = 0; len < total;) {
+        const int64_t draft = tu_rng_int(&rng, 1, DRAFT_MAX);
+        append_junk(drafted, &p, draft);
+        if (len + draft <= total)
+            decode_last(plan, drafted, &p, draft, got, got_idx); /* outputs of junk: unused */
+        truncate_to(drafted, len);
+        const int64_t accepted = tu_rng_int(&rng, 1, total - len < 37 ? total - len : 37);
+        for (int i = 0; i < 2; i++)
+            append_tokens(i == 0 ? drafted : direct, &p, 0, len, len + accepted);
+        len += accepted;
+        if (long_drop_done || len <= LONG_DROP + 64 || len + NSA_CACHE_BF16_ROLLBACK > total)
+            continue;
+        long_drop_done = 1; /* both caches, the same truncations and appends */
+        if (c->dtype == NSA_DTYPE_BF16) {
+            assert_int_equal(nsa_cache_truncate(drafted, len - LONG_DROP), NSA_ERROR_UNSUPPORTED);
+            assert_non_null(strstr(nsa_context_last_error(tu_context()), "bf16"));
+            assert_int_equal(nsa_cache_length(drafted), len);
+        }
+        /* fp32: far back; bf16: the documented rollback, after as many appends */
+        const int64_t back = c->dtype == NSA_DTYPE_F32 ? LONG_DROP : NSA_CACHE_BF16_ROLLBACK;
+        const int64_t grow = c->dtype == NSA_DTYPE_F32 ? 0 : NSA_CACHE_BF16_ROLLBACK;
+        for (int i = 0; i < 2; i++) {
+            nsa_cache *cache = i == 0 ? drafted : direct;
+            append_tokens(cache, &p, 0, len, len + grow);
+            truncate_to(cache, len + grow - back);
+            append_tokens(cache, &p, 0, len + grow - back, len + grow);
+        }
+        len += grow;
+    }
+    assert_true(long_drop_done);
+    append_junk(drafted, &p, 5); /* past the end: with an odd length, a bf16 pair's partner */
+    truncate_to(drafted, total);
+    assert_int_equal(nsa_cache_truncate(drafted, total + 1), NSA_ERROR_INVALID_DIMENSION);
+    assert_int_equal(nsa_cache_truncate(drafted, -1), NSA_ERROR_INVALID_DIMENSION);
+    assert_int_equal(nsa_cache_truncate(NULL, 0), NSA_ERROR_NULL_POINTER);
+    assert_int_equal(nsa_cache_length(drafted), total);
+
+    const int64_t m = total < 5 ? total : 5;
+    decode_last(plan, direct, &p, m, want, want_idx);
+    decode_last(plan, drafted, &p, m, got, got_idx);
+    const size_t first_out = (size_t)((total - m) * cfg.num_q_heads * cfg.head_dim_v);
+    const size_t first_idx = (size_t)((total - m) * cfg.num_kv_heads * cfg.sel_count);
+    assert_memory_equal(got + first_out, want + first_out,
+                        (size_t)out_elems * sizeof(float) - first_out * sizeof(float));
+    assert_memory_equal(got_idx + first_idx, want_idx + first_idx,
+                        (size_t)idx_elems * sizeof(int32_t) - first_idx * sizeof(int32_t));
+    for (size_t i = first_out; i < (size_t)out_elems; i++)
+        assert_true(isfinite(got[i]));
+    /* the forward, given the decode's selections for the last queries */
+    assert_int_equal(tu_library_forward(&p, NULL, want, want_idx), NSA_SUCCESS);
+    memcpy(want_idx + first_idx, got_idx + first_idx,
+           (size_t)idx_elems * sizeof(int32_t) - first_idx * sizeof(int32_t));
+    assert_int_equal(tu_library_forward(&p, want_idx, want, NULL), NSA_SUCCESS);
+    const tu_tol tol = c->dtype == NSA_DTYPE_BF16 ? (tu_tol){2e-2, 2e-2} : (tu_tol){1e-5, 1e-5};
+    assert_int_equal(tu_compare_f32_f32(c->name, got + first_out, want + first_out, m,
+                                        cfg.num_q_heads, cfg.head_dim_v, tol),
+                     0);
+
+    nsa_cache_destroy(direct);
+    nsa_cache_destroy(drafted);
+    nsa_plan_destroy(plan);
+    free(want);
+    free(got);
+    free(want_idx);
+    free(got_idx);
+    tu_problem_free(&p);
+}
+
 static int teardown_group(void **state)
 {
     (void)state;
@@ -460,10 +604,14 @@ static int teardown_group(void **state)
 int main(void)
 {
     enum { NUM_CASES = sizeof cases / sizeof cases[0] };
-    struct CMUnitTest tests[NUM_CASES + 4];
+    enum { NUM_TRUNCATE = sizeof truncate_cases / sizeof truncate_cases[0] };
+    struct CMUnitTest tests[NUM_CASES + 4 + NUM_TRUNCATE];
     tu_announce_seed("test_decode");
     for (size_t i = 0; i < NUM_CASES; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, run_case, NULL, NULL, (void *)&cases[i]};
+    for (size_t i = 0; i < NUM_TRUNCATE; i++)
+        tests[NUM_CASES + 4 + i] = (struct CMUnitTest){truncate_cases[i].name, run_truncate_case,
+                                                       NULL, NULL, (void *)&truncate_cases[i]};
     tests[NUM_CASES] = (struct CMUnitTest)cmocka_unit_test(test_cache_errors);
     tests[NUM_CASES + 1] = (struct CMUnitTest)cmocka_unit_test(test_threads_do_not_change_bits);
     tests[NUM_CASES + 2] = (struct CMUnitTest)cmocka_unit_test(test_concurrent_calls_match_serial);
