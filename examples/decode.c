@@ -2,10 +2,13 @@
 /*
  * decode.c — how a serving loop uses libnsa's KV cache: prefill a prompt in
  * one append, then generate token by token, each step appending the new
- * token's keys and values and attending with its query. A real model would
- * compute q, k and v from its hidden state; here a small deterministic
- * generator stands in for it. At the end the example checks that the last
- * step's output equals what nsa_forward gives over the whole sequence.
+ * token's keys and values and attending with its query; every tenth step
+ * first tries a speculative draft of three tokens, which the (stand-in)
+ * verification rejects and nsa_cache_truncate takes back out. A real model
+ * would compute q, k and v from its hidden state; here a small
+ * deterministic generator stands in for it. At the end the example checks
+ * that the last step's output equals what nsa_forward gives over the whole
+ * sequence: the rejected drafts left no trace.
  *
  * Build: cc -std=c11 decode.c $(pkg-config --cflags --libs nsa) -lm
  */
@@ -61,8 +64,12 @@ int main(void)
 
     /* A cache with room for the whole conversation, stored as bf16 would
      * halve the bytes each step reads; fp32 here for the exact check. */
+    enum { DRAFT = 3 };
     nsa_cache *cache;
-    CHECK(nsa_cache_create(plan, TOTAL, NSA_DTYPE_F32, &cache));
+    CHECK(nsa_cache_create(plan, TOTAL + DRAFT, NSA_DTYPE_F32, &cache));
+    float *draft = malloc(sizeof(float) * DRAFT * HQ * D), *draft_out = malloc(sizeof(float) * DRAFT * HQ * D);
+    if (!draft || !draft_out)
+        return 1;
     CHECK(nsa_cache_append(cache, PROMPT, k, v, NULL, NULL)); /* mean phi: no parameters */
 
     /* Generation: one new token per step; its query is the cache's newest
@@ -70,6 +77,14 @@ int main(void)
     const nsa_cache *caches[1] = {cache};
     const int64_t cu_queries[2] = {0, 1};
     for (int64_t t = PROMPT; t < TOTAL; t++) {
+        if (t % 10 == 0) { /* a draft model's guesses, decoded as one chunk, rejected */
+            const int64_t cu_draft[2] = {0, DRAFT};
+            fill(draft, (size_t)DRAFT * HKV * D, &seed);
+            CHECK(nsa_cache_append(cache, DRAFT, draft, draft, NULL, NULL));
+            fill(draft, (size_t)DRAFT * HQ * D, &seed);
+            CHECK(nsa_decode(plan, 1, caches, cu_draft, draft, gates, draft_out, NULL));
+            CHECK(nsa_cache_truncate(cache, t));
+        }
         CHECK(nsa_cache_append(cache, 1, k + t * HKV * D, v + t * HKV * D, NULL, NULL));
         CHECK(nsa_decode(plan, 1, caches, cu_queries, q + t * HQ * D, gates + t * HQ * 3, out,
                          NULL));
@@ -98,5 +113,7 @@ int main(void)
     free(gates);
     free(out);
     free(full);
+    free(draft);
+    free(draft_out);
     return worst < 1e-5 ? 0 : 1;
 }
