@@ -78,11 +78,23 @@ static size_t value_at(nsa_dtype dtype, int64_t dim, int64_t pos, int64_t c)
                                    : (size_t)(pos * dim + c);
 }
 
+/* Where head h starts in a store of head_panels key panels, or of
+ * head_rows value rows, per head. */
+static size_t key_head(nsa_dtype dtype, int64_t head_panels, int64_t dim, int64_t h)
+{
+    return (size_t)(h * head_panels * panel_size(dtype, dim));
+}
+
+static size_t value_head(nsa_dtype dtype, int64_t head_rows, int64_t dim, int64_t h)
+{
+    return (size_t)(h * value_rows(dtype, head_rows) * dim);
+}
+
 /* Key `pos` of head h (dim values) into the panel layout, value into rows. */
 static void store_panel_key(void *panels, nsa_dtype dtype, int64_t head_panels, int64_t dim,
                             int64_t h, int64_t pos, const float *key)
 {
-    const size_t head = (size_t)(h * head_panels * panel_size(dtype, dim));
+    const size_t head = key_head(dtype, head_panels, dim, h);
     for (int64_t c = 0; c < dim; c++)
         store(panels, dtype, head + key_at(dtype, dim, pos, c), key[c]);
 }
@@ -90,7 +102,7 @@ static void store_panel_key(void *panels, nsa_dtype dtype, int64_t head_panels, 
 static void store_row(void *rows, nsa_dtype dtype, int64_t head_rows, int64_t dim, int64_t h,
                       int64_t pos, const float *value)
 {
-    const size_t head = (size_t)(h * value_rows(dtype, head_rows) * dim);
+    const size_t head = value_head(dtype, head_rows, dim, h);
     for (int64_t c = 0; c < dim; c++)
         store(rows, dtype, head + value_at(dtype, dim, pos, c), value[c]);
 }
@@ -115,8 +127,8 @@ nsa_keys nsa_cache_keys(const nsa_cache *cache, int64_t h, int compressed)
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
     const int64_t panels = compressed ? cache->panels_compressed : cache->panels;
     const int64_t rows = compressed ? cache->capacity_compressed : cache->capacity;
-    const size_t k_off = (size_t)(h * panels * panel_size(cache->dtype, dk)),
-                 v_off = (size_t)(h * value_rows(cache->dtype, rows) * dv);
+    const size_t k_off = key_head(cache->dtype, panels, dk, h),
+                 v_off = value_head(cache->dtype, rows, dv, h);
     const void *k = compressed ? cache->kc : cache->k, *v = compressed ? cache->vc : cache->v;
     nsa_keys keys = {.ldv = (size_t)dv,
                      .count = compressed ? nsa_num_compressed(cfg, cache->length) : cache->length};
@@ -245,13 +257,13 @@ static void clear_tokens(const nsa_cache *cache, void *panels, int64_t head_pane
     const nsa_dtype dtype = cache->dtype;
     const int64_t dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
     for (int64_t h = 0; h < cfg->num_kv_heads; h++) {
-        const size_t key_head = (size_t)(h * head_panels * panel_size(dtype, dk));
-        const size_t value_head = (size_t)(h * value_rows(dtype, head_rows) * dv);
+        const size_t keys = key_head(dtype, head_panels, dk, h);
+        const size_t values = value_head(dtype, head_rows, dv, h);
         for (int64_t pos = from; pos < to; pos++) {
             for (int64_t c = 0; c < dk; c++)
-                store(panels, dtype, key_head + key_at(dtype, dk, pos, c), 0.0f);
+                store(panels, dtype, keys + key_at(dtype, dk, pos, c), 0.0f);
             for (int64_t c = 0; c < dv; c++)
-                store(rows, dtype, value_head + value_at(dtype, dv, pos, c), 0.0f);
+                store(rows, dtype, values + value_at(dtype, dv, pos, c), 0.0f);
         }
     }
 }
@@ -262,19 +274,18 @@ static void reload_tail(nsa_cache *cache)
 {
     const nsa_config *cfg = &cache->plan.cfg;
     const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
-    const float *k = cache->k, *v = cache->v;
     const int64_t first = cache->length - cache->tail_count;
-    for (int64_t i = 0; i < cache->tail_count; i++)
-        for (int64_t h = 0; h < hkv; h++) {
-            const size_t key_head = (size_t)(h * cache->panels * dk * NSA_PANEL);
-            const size_t value_head = (size_t)(h * cache->capacity * dv);
+    for (int64_t h = 0; h < hkv; h++) {
+        const nsa_keys keys = nsa_cache_keys(cache, h, 0);
+        for (int64_t i = 0; i < cache->tail_count; i++) {
             for (int64_t c = 0; c < dk; c++)
                 cache->tail_k[(i * hkv + h) * dk + c] =
-                    k[key_head + key_at(NSA_DTYPE_F32, dk, first + i, c)];
+                    keys.kp[key_at(NSA_DTYPE_F32, dk, first + i, c)];
             for (int64_t c = 0; c < dv; c++)
                 cache->tail_v[(i * hkv + h) * dv + c] =
-                    v[value_head + value_at(NSA_DTYPE_F32, dv, first + i, c)];
+                    keys.v[value_at(NSA_DTYPE_F32, dv, first + i, c)];
         }
+    }
 }
 
 nsa_status nsa_cache_truncate(nsa_cache *cache, int64_t length)
@@ -359,13 +370,13 @@ static int64_t tail_after(const nsa_cache *cache, int64_t count)
     return have < cache->tail_size ? have : cache->tail_size;
 }
 
-/* Keeps the last tail_after(count) raw tokens of one tensor in its tail
+/* Keeps the last `kept` (tail_after) raw tokens of one tensor in its tail
  * (tail_count still counts the tokens it held before the append). */
 static void update_tail(const nsa_cache *cache, float *tail, const float *fresh, int64_t old,
-                        int64_t count, int64_t dim)
+                        int64_t count, int64_t kept, int64_t dim)
 {
     const int64_t row = cache->plan.cfg.num_kv_heads * dim;
-    const int64_t length = old + count, first = length - tail_after(cache, count);
+    const int64_t length = old + count, first = length - kept;
     /* Rows move towards the front, so copying in order never overwrites a
      * row before it is read. */
     for (int64_t p = first; p < length; p++)
@@ -430,9 +441,10 @@ nsa_status nsa_cache_append(nsa_cache *cache, int64_t count, const float *k, con
         compress_run(cache, cmp_k, 1, k, old, i, n, gather, out, work);
         compress_run(cache, cmp_v, 0, v, old, i, n, gather, out, work);
     }
-    update_tail(cache, cache->tail_k, k, old, count, dk);
-    update_tail(cache, cache->tail_v, v, old, count, dv);
-    cache->tail_count = tail_after(cache, count);
+    const int64_t kept = tail_after(cache, count);
+    update_tail(cache, cache->tail_k, k, old, count, kept, dk);
+    update_tail(cache, cache->tail_v, v, old, count, kept, dv);
+    cache->tail_count = kept;
     cache->length = old + count;
     free(gather);
     free(out);

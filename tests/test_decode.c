@@ -147,6 +147,35 @@ static void decode_step(const nsa_plan *plan, nsa_cache **caches, const tu_probl
     free(idx);
 }
 
+/* The outputs and selections of p's tokens: the reference's and the
+ * decode's. */
+typedef struct outputs {
+    float *want, *got;
+    int32_t *want_idx, *got_idx;
+} outputs;
+
+static outputs outputs_alloc(const tu_problem *p)
+{
+    const size_t out_elems = (size_t)tu_out_elems(p), idx_elems = (size_t)tu_indices_elems(p);
+    return (outputs){tu_xcalloc(out_elems, sizeof(float)), tu_xcalloc(out_elems, sizeof(float)),
+                     tu_xcalloc(idx_elems, sizeof(int32_t)),
+                     tu_xcalloc(idx_elems, sizeof(int32_t))};
+}
+
+static void outputs_free(outputs *o)
+{
+    free(o->want);
+    free(o->got);
+    free(o->want_idx);
+    free(o->got_idx);
+}
+
+/* Decode against the forward: fp32 rounding, or bf16 storage's. */
+static tu_tol case_tolerance(const decode_case *c)
+{
+    return c->dtype == NSA_DTYPE_BF16 ? (tu_tol){2e-2, 2e-2} : (tu_tol){1e-5, 1e-5};
+}
+
 static void run_case(void **state)
 {
     const decode_case *c = *state;
@@ -155,11 +184,9 @@ static void run_case(void **state)
     const int64_t B = case_seqs(c);
     tu_problem p;
     assert_int_equal(tu_problem_init(&p, &cfg, c->total, B, c->pe, c->pe, &rng), 0);
-    const int64_t out_elems = tu_out_elems(&p), idx_elems = tu_indices_elems(&p);
-    float *want = tu_xcalloc((size_t)out_elems, sizeof(float));
-    float *got = tu_xcalloc((size_t)out_elems, sizeof(float));
-    int32_t *want_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
-    int32_t *got_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
+    outputs o = outputs_alloc(&p);
+    float *want = o.want, *got = o.got;
+    int32_t *want_idx = o.want_idx, *got_idx = o.got_idx;
     assert_int_equal(tu_library_forward(&p, NULL, want, want_idx), NSA_SUCCESS);
 
     nsa_plan *plan;
@@ -209,18 +236,14 @@ static void run_case(void **state)
                   (long long)differ, (long long)rows, (long long)allowed);
     assert_true(differ <= allowed);
     assert_int_equal(tu_library_forward(&p, got_idx, want, NULL), NSA_SUCCESS);
-    const tu_tol tol = c->dtype == NSA_DTYPE_BF16 ? (tu_tol){2e-2, 2e-2} : (tu_tol){1e-5, 1e-5};
     assert_int_equal(tu_compare_f32_f32(c->name, got, want, p.total_tokens, cfg.num_q_heads,
-                                        cfg.head_dim_v, tol),
+                                        cfg.head_dim_v, case_tolerance(c)),
                      0);
 
     for (int64_t b = 0; b < B; b++)
         nsa_cache_destroy(caches[b]);
     nsa_plan_destroy(plan);
-    free(want);
-    free(got);
-    free(want_idx);
-    free(got_idx);
+    outputs_free(&o);
     tu_problem_free(&p);
 }
 
@@ -515,10 +538,9 @@ static void run_truncate_case(void **state)
     tu_problem p;
     assert_int_equal(tu_problem_init(&p, &cfg, &total, 1, c->pe, c->pe, &rng), 0);
     const int64_t out_elems = tu_out_elems(&p), idx_elems = tu_indices_elems(&p);
-    float *want = tu_xcalloc((size_t)out_elems, sizeof(float));
-    float *got = tu_xcalloc((size_t)out_elems, sizeof(float));
-    int32_t *want_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
-    int32_t *got_idx = tu_xcalloc((size_t)idx_elems, sizeof(int32_t));
+    outputs o = outputs_alloc(&p);
+    float *want = o.want, *got = o.got;
+    int32_t *want_idx = o.want_idx, *got_idx = o.got_idx;
     nsa_plan *plan;
     nsa_cache *direct, *drafted;
     assert_int_equal(nsa_plan_create(tu_context(), &cfg, &plan), NSA_SUCCESS);
@@ -579,18 +601,14 @@ static void run_truncate_case(void **state)
     memcpy(want_idx + first_idx, got_idx + first_idx,
            (size_t)idx_elems * sizeof(int32_t) - first_idx * sizeof(int32_t));
     assert_int_equal(tu_library_forward(&p, want_idx, want, NULL), NSA_SUCCESS);
-    const tu_tol tol = c->dtype == NSA_DTYPE_BF16 ? (tu_tol){2e-2, 2e-2} : (tu_tol){1e-5, 1e-5};
     assert_int_equal(tu_compare_f32_f32(c->name, got + first_out, want + first_out, m,
-                                        cfg.num_q_heads, cfg.head_dim_v, tol),
+                                        cfg.num_q_heads, cfg.head_dim_v, case_tolerance(c)),
                      0);
 
     nsa_cache_destroy(direct);
     nsa_cache_destroy(drafted);
     nsa_plan_destroy(plan);
-    free(want);
-    free(got);
-    free(want_idx);
-    free(got_idx);
+    outputs_free(&o);
     tu_problem_free(&p);
 }
 
