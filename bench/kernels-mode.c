@@ -75,12 +75,12 @@ typedef struct slot_bench {
 
 static void call_qk(generic_fn *f, buffers *b)
 {
-    ((nsa_qk_ukernel *)f)(M, NP, DK, 0.088388f, b->q, DK, b->kp, b->s, NK);
+    ((nsa_qk_ukernel *)f)(M, NP, DK, 0.088388f, b->q, DK, b->kp, b->s, NK, NULL);
 }
 
 static void call_pv(generic_fn *f, buffers *b)
 {
-    ((nsa_pv_ukernel *)f)(M, NK, DV, b->p, NK, b->v, DV, b->acc, DV);
+    ((nsa_pv_ukernel *)f)(M, NK, DV, b->p, NK, b->v, DV, b->acc, DV, NULL);
 }
 
 /* softmax works in place: each call first restores the scores (a 4 KiB

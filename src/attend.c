@@ -25,6 +25,13 @@ void nsa_softmax_state_reset(const nsa_softmax_state *state, size_t m, size_t dv
     }
 }
 
+/* Whether keys [first, first + count) have a prefetch hint: the same span
+ * keys->prefetch_ahead keys on, within the first `stored` keys. */
+static int has_ahead(const nsa_keys *keys, int64_t first, int64_t count, int64_t stored)
+{
+    return keys->prefetch_ahead > 0 && first + keys->prefetch_ahead + count <= stored;
+}
+
 /* s[m][np panels] = scale q K^T. */
 static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys *keys,
                    int64_t first_panel, int64_t np, float *s, size_t lds)
@@ -32,9 +39,13 @@ static void scores(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_keys 
     if (keys->kp3 != NULL)
         uk->qk_x3(rows->m, (size_t)np, rows->dk, rows->q3, nsa_x3_row_words(rows->dk),
                   keys->kp3 + (size_t)first_panel * nsa_x3_panel_words(rows->dk), s, lds);
-    else if (keys->kp != NULL)
-        uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk,
-               keys->kp + (size_t)first_panel * rows->dk * NSA_PANEL, s, lds);
+    else if (keys->kp != NULL) {
+        const float *kp = keys->kp + (size_t)first_panel * rows->dk * NSA_PANEL;
+        const int ahead = has_ahead(keys, first_panel * NSA_PANEL, np * NSA_PANEL,
+                                    nsa_panels_of(keys->count) * NSA_PANEL);
+        uk->qk(rows->m, (size_t)np, rows->dk, rows->scale, rows->q, rows->dk, kp, s, lds,
+               ahead ? kp + (size_t)keys->prefetch_ahead * rows->dk : NULL);
+    }
     else if (rows->q3 != NULL) /* bf16 keys, the rows split once for all calls */
         uk->qk_bf16_split(rows->m, (size_t)np, rows->dk, rows->q3, nsa_x3_row_words(rows->dk),
                           keys->kp16 + (size_t)first_panel * nsa_bf16_panel_words(rows->dk), s,
@@ -57,7 +68,10 @@ static void accumulate(const nsa_ukernels *uk, const nsa_rows *rows, const nsa_k
                   state->acc, state->ldacc);
     else if (keys->v != NULL)
         uk->pv(rows->m, (size_t)count, rows->dv, p, ldp, keys->v + offset, keys->ldv,
-               state->acc, state->ldacc);
+               state->acc, state->ldacc,
+               has_ahead(keys, key, count, keys->count)
+                   ? keys->v + offset + (size_t)keys->prefetch_ahead * keys->ldv
+                   : NULL);
     else
         uk->pv_bf16(rows->m, (size_t)count, rows->dv, p, ldp, keys->v16 + offset, keys->ldv,
                     state->acc, state->ldacc);

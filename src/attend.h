@@ -31,6 +31,11 @@ typedef struct nsa_keys {
     const uint16_t *v3;
     size_t ldv;
     int64_t count; /* keys that exist (v has this many rows) */
+    /* When > 0, a multiple of NSA_PANEL: the fp32 kernels are handed, as
+     * their prefetch hint, the keys this many positions on from the ones
+     * they read (the span attended next: another selected block), where
+     * those exist. */
+    int64_t prefetch_ahead;
 } nsa_keys;
 
 /* Online-softmax state of m rows: max[m], sum[m], acc[m][ldacc]. */

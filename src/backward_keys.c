@@ -54,13 +54,14 @@ void nsa_grad_keys_chunk(const nsa_plan *plan, const nsa_grad_rows *rows, const 
     const size_t dkd = (size_t)plan->cfg.head_dim_qk, dvd = (size_t)plan->cfg.head_dim_v;
     const float scale = plan->cfg.scale;
     float *s = scratch, *dp = s + m * span, *pt = dp + m * span, *dst = pt + span * m;
-    uk->qk(m, (size_t)np, dkd, scale, rows->q, rows->ldq, kp, s, span);
-    uk->qk(m, (size_t)np, dvd, 1.0f, rows->dout, rows->lddout, vp, dp, span);
+    uk->qk(m, (size_t)np, dkd, scale, rows->q, rows->ldq, kp, s, span, NULL);
+    uk->qk(m, (size_t)np, dvd, 1.0f, rows->dout, rows->lddout, vp, dp, span, NULL);
     uk->grad_score_t(m, span, rows->lo, rows->hi, rows->lse, rows->dot, rows->gain, scale, s,
                      span, dp, span, pt, dst, m);
     uk->pv((size_t)keys, m, dvd, pt + (size_t)own_first * m, m, rows->dout, rows->lddout, dv,
-           dvd);
-    uk->pv((size_t)keys, m, dkd, dst + (size_t)own_first * m, m, rows->q, rows->ldq, dk, dkd);
+           dvd, NULL);
+    uk->pv((size_t)keys, m, dkd, dst + (size_t)own_first * m, m, rows->q, rows->ldq, dk, dkd,
+           NULL);
 }
 
 /* ------------------------------------------------------------- scratch -- */

@@ -165,9 +165,9 @@ static void sweep_segment(const nsa_plan *plan, const tile_view *v, queries_scra
         return;
     }
     uk->qk(v->m, (size_t)seg->np, (size_t)cfg->head_dim_qk, cfg->scale, v->q,
-           (size_t)cfg->head_dim_qk, v->kp + (size_t)(seg->key0 * cfg->head_dim_qk), s, t->lds);
+           (size_t)cfg->head_dim_qk, v->kp + (size_t)(seg->key0 * cfg->head_dim_qk), s, t->lds, NULL);
     uk->qk(v->m, (size_t)seg->np, (size_t)cfg->head_dim_v, 1.0f, v->dout,
-           (size_t)cfg->head_dim_v, v->vp + (size_t)(seg->key0 * cfg->head_dim_v), dp, t->lds);
+           (size_t)cfg->head_dim_v, v->vp + (size_t)(seg->key0 * cfg->head_dim_v), dp, t->lds, NULL);
     uk->grad_prob(v->m, nk, t->lo, t->hi, t->lse, s, t->lds, dp, t->lds, t->dot);
 }
 
@@ -196,7 +196,7 @@ static void finish_branch(const backward_run *run, const tile_view *v, queries_s
             plan->kernels.pv(v->m, (size_t)keys, (size_t)cfg->head_dim_qk,
                              t->dp + seg->col + key, t->lds,
                              v->k + (size_t)(seg->key0 + key) * v->ldk, v->ldk, v->dq,
-                             (size_t)cfg->head_dim_qk);
+                             (size_t)cfg->head_dim_qk, NULL);
         }
     }
 }

@@ -201,15 +201,15 @@ static void queries(const dense_run *run, const dense_item *it, float *scratch)
             used_hi = hi - first > used_hi ? hi - first : used_hi;
         }
         uk->qk(m, (size_t)np, (size_t)dkd, cfg->scale, t.q, (size_t)dkd,
-               kp + (size_t)(first * dkd), t.s, DENSE_SWEEP_KEYS);
+               kp + (size_t)(first * dkd), t.s, DENSE_SWEEP_KEYS, NULL);
         uk->qk(m, (size_t)np, (size_t)dvd, 1.0f, t.dout, (size_t)dvd,
-               vp + (size_t)(first * dvd), t.dp, DENSE_SWEEP_KEYS);
+               vp + (size_t)(first * dvd), t.dp, DENSE_SWEEP_KEYS, NULL);
         uk->grad_prob(m, (size_t)(np * NSA_PANEL), t.lo, t.hi, t.lse, t.s, DENSE_SWEEP_KEYS,
                       NULL, 0, NULL);
         uk->grad_score(m, (size_t)(used_hi + 1), t.coef, t.delta, t.s, DENSE_SWEEP_KEYS, t.dp,
                        DENSE_SWEEP_KEYS);
         uk->pv(m, (size_t)(used_hi + 1), (size_t)dkd, t.dp, DENSE_SWEEP_KEYS,
-               k + (size_t)first * ldk, ldk, t.dq, (size_t)dkd);
+               k + (size_t)first * ldk, ldk, t.dq, (size_t)dkd, NULL);
     }
     for (int64_t tq = 0; tq < it->count; tq++)
         memcpy(run->dq + (size_t)((row0 + tq * hq) * dkd), t.dq + tq * g * dkd,

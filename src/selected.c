@@ -12,6 +12,9 @@
  * place, while the block stays in cache, when a group fills the kernels'
  * row blocks itself. Blocks are taken in ascending order, so
  * every query merges its blocks in the same order whatever the threads.
+ * With long sequences most blocks are chosen by one query of a chunk and
+ * come from DRAM, so the kernels prefetch the next block's keys and values
+ * while they work on the current one.
  */
 #include <math.h>
 #include <string.h>
@@ -121,8 +124,9 @@ static int in_place(const nsa_plan *plan)
 }
 
 /* Query i of the job (its G rows, in place) to the keys [first, last]. */
-static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job, int64_t i,
-                            int64_t first, int64_t last, chunk_scratch *c)
+static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job,
+                            const nsa_keys *keys, int64_t i, int64_t first, int64_t last,
+                            chunk_scratch *c)
 {
     const nsa_config *cfg = &plan->cfg;
     const size_t g = (size_t)plan->group_size, dv = (size_t)cfg->head_dim_v;
@@ -137,13 +141,14 @@ static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job, i
     const size_t row = (size_t)i * g;
     const nsa_softmax_state state = {.max = c->state.max + row, .sum = c->state.sum + row,
                                      .acc = c->state.acc + row * dv, .ldacc = dv};
-    nsa_attend_keys(&plan->kernels, &rows, &job->raw, first, last, c->row_first, c->row_last,
+    nsa_attend_keys(&plan->kernels, &rows, keys, first, last, c->row_first, c->row_last,
                     &state, c->s, c->lo, c->hi);
 }
 
 /* Attends block's rows (the queries in list[0 .. count)) to its keys. */
-static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int64_t block,
-                         const int32_t *list, int64_t count, chunk_scratch *c)
+static void attend_block(const nsa_plan *plan, const nsa_selected_job *job,
+                         const nsa_keys *keys, int64_t block, const int32_t *list,
+                         int64_t count, chunk_scratch *c)
 {
     const nsa_config *cfg = &plan->cfg;
     const size_t g = (size_t)plan->group_size, dk = (size_t)cfg->head_dim_qk;
@@ -151,7 +156,7 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int6
     const int64_t first = block * cfg->sel_block, last = first + cfg->sel_block - 1;
     if (in_place(plan)) {
         for (int64_t k = 0; k < count; k++)
-            attend_in_place(plan, job, list[k], first, last, c);
+            attend_in_place(plan, job, keys, list[k], first, last, c);
         return;
     }
     for (int64_t k = 0; k < count; k++) {
@@ -167,7 +172,7 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job, int6
     }
     const size_t m = (size_t)count * g;
     const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = c->q};
-    nsa_attend_keys(&plan->kernels, &rows, &job->raw, first, last, c->row_first, c->row_last,
+    nsa_attend_keys(&plan->kernels, &rows, keys, first, last, c->row_first, c->row_last,
                     &c->gathered, c->s, c->lo, c->hi);
     for (int64_t k = 0; k < count; k++)
         move_state(&c->state, &c->gathered, (size_t)list[k] * g, (size_t)k * g, g, dv, 0);
@@ -200,10 +205,18 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
     nsa_softmax_state_reset(&c.state, (size_t)(job->count * plan->group_size),
                             (size_t)plan->cfg.head_dim_v);
     invert(plan, job, blocks, &c);
+    const int64_t l = plan->cfg.sel_block;
+    nsa_keys keys = job->raw; /* with the next chosen block as the prefetch hint */
+    int64_t next = 0;
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t count = c.first_query[b + 1] - c.first_query[b];
-        if (count > 0)
-            attend_block(plan, job, b, c.queries + c.first_query[b], count, &c);
+        if (count == 0)
+            continue;
+        for (next = next > b ? next : b + 1;
+             next < blocks && c.first_query[next + 1] == c.first_query[next];)
+            next++;
+        keys.prefetch_ahead = next < blocks && l % NSA_PANEL == 0 ? (next - b) * l : 0;
+        attend_block(plan, job, &keys, b, c.queries + c.first_query[b], count, &c);
     }
     finish(plan, job, &c);
 }

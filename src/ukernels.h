@@ -33,13 +33,26 @@ static inline int64_t nsa_panels_of(int64_t keys)
 }
 
 /* s[m][np * NSA_PANEL] (row stride lds) = scale * q[m][dk] . K^T, for the np
- * consecutive key panels at kp (panel stride dk * NSA_PANEL). */
+ * consecutive key panels at kp (panel stride dk * NSA_PANEL). next is a
+ * prefetch hint: NULL, or np more panels laid out as kp's that the caller
+ * reads next, which the kernel may ask the caches for while it computes (a
+ * selected block's keys come from DRAM and are read once per query). It
+ * never changes a result. */
 typedef void nsa_qk_ukernel(size_t m, size_t np, size_t dk, float scale, const float *q,
-                          size_t ldq, const float *kp, float *s, size_t lds);
+                          size_t ldq, const float *kp, float *s, size_t lds, const float *next);
 
-/* acc[m][dv] (row stride ldacc) += p[m][nk] (ldp) . v[nk][dv] (ldv). */
+/* acc[m][dv] (row stride ldacc) += p[m][nk] (ldp) . v[nk][dv] (ldv). next:
+ * NULL, or nk more rows of dv floats at stride ldv read next (a prefetch
+ * hint, as qk's). */
 typedef void nsa_pv_ukernel(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
-                          const float *v, size_t ldv, float *acc, size_t ldacc);
+                          const float *v, size_t ldv, float *acc, size_t ldacc,
+                          const float *next);
+
+/* What the fp32 kernels do with their next hint: ask for one cache line. */
+static inline void nsa_prefetch_line(const float *line)
+{
+    __builtin_prefetch(line);
+}
 
 /* One online-softmax step over a tile of scores s[m][nk] (stride lds). Row r
  * uses columns lo[r] .. hi[r] (none when lo[r] > hi[r]). For a row with at

@@ -197,6 +197,38 @@ static uint16_t *split_values(const float *v, size_t nk, size_t dv, size_t ldv)
     return exact;
 }
 
+/* The next hint of the fp32 qk kernel only prefetches: the same call with
+ * other panels as the hint writes the same bits as got (the call without
+ * one), sentinels included. */
+static void expect_hint_ignored_qk(nsa_qk_ukernel *fn, size_t m, size_t np, size_t dk,
+                                   const float *q, size_t ldq, const float *kp, const float *got,
+                                   size_t lds, size_t total)
+{
+    float *next = random_floats(np * dk * NSA_PANEL, -1, 1);
+    float *hinted = malloc(total * sizeof *hinted);
+    fill_sentinel(hinted, total);
+    fn(m, np, dk, 0.37f, q, ldq, kp, hinted, lds, next);
+    assert_memory_equal(hinted, got, total * sizeof *got);
+    free(next);
+    free(hinted);
+}
+
+/* The same for pv, whose acc is read as well as written: called on a copy
+ * of acc before the caller's own call. */
+static void expect_hint_ignored_pv(nsa_pv_ukernel *fn, size_t m, size_t nk, size_t dv,
+                                   const float *p, size_t ldp, const float *v, size_t ldv,
+                                   const float *acc, size_t ldacc, size_t total)
+{
+    float *next = random_floats((nk - 1) * ldv + dv, -1, 1);
+    float *hinted = copy_floats(acc, total), *plain = copy_floats(acc, total);
+    fn(m, nk, dv, p, ldp, v, ldv, hinted, ldacc, next);
+    fn(m, nk, dv, p, ldp, v, ldv, plain, ldacc, NULL);
+    assert_memory_equal(hinted, plain, total * sizeof *plain);
+    free(next);
+    free(hinted);
+    free(plain);
+}
+
 /* qk with fp32 keys (fn), bf16 keys (fn16), split fp32 keys (fn3) or
  * bf16 keys with split rows (fn16s), against the reference of the keys'
  * values (for split keys, the fp32 reference on the keys before the split;
@@ -224,7 +256,7 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, nsa_qk_x3_uk
                 if (fn3 != NULL) {
                     uint16_t *q3 = split_rows(q, ldq, m, dk, 0.37f);
                     fn3(m, np, dk, q3, nsa_x3_row_words(dk), kp16, got, lds);
-                    nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
+                    nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds, NULL);
                     free(q3);
                 } else if (fn16s != NULL) {
                     uint16_t *q3 = split_rows(q, ldq, m, dk, 0.37f);
@@ -232,8 +264,9 @@ static void check_qk(nsa_qk_ukernel *fn, nsa_qk_bf16_ukernel *fn16, nsa_qk_x3_uk
                     nsa_bf16_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp16, want, lds);
                     free(q3);
                 } else if (fn != NULL) {
-                    fn(m, np, dk, 0.37f, q, ldq, kp, got, lds);
-                    nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds);
+                    fn(m, np, dk, 0.37f, q, ldq, kp, got, lds, NULL);
+                    expect_hint_ignored_qk(fn, m, np, dk, q, ldq, kp, got, lds, total);
+                    nsa_f32_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp, want, lds, NULL);
                 } else {
                     fn16(m, np, dk, 0.37f, q, ldq, kp16, got, lds);
                     nsa_bf16_qk_ukernel__ref(m, np, dk, 0.37f, q, ldq, kp16, want, lds);
@@ -277,10 +310,11 @@ static void check_pv(nsa_pv_ukernel *fn, nsa_pv_bf16_ukernel *fn16, nsa_pv_x3_uk
                 float *want = copy_floats(got, total);
                 if (fn3 != NULL) {
                     fn3(m, nk, dv, p, ldp, v16, ldv, got, ldacc);
-                    nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc);
+                    nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc, NULL);
                 } else if (fn != NULL) {
-                    fn(m, nk, dv, p, ldp, v, ldv, got, ldacc);
-                    nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc);
+                    expect_hint_ignored_pv(fn, m, nk, dv, p, ldp, v, ldv, got, ldacc, total);
+                    fn(m, nk, dv, p, ldp, v, ldv, got, ldacc, NULL);
+                    nsa_f32_pv_ukernel__ref(m, nk, dv, p, ldp, v, ldv, want, ldacc, NULL);
                 } else {
                     fn16(m, nk, dv, p, ldp, v16, ldv, got, ldacc);
                     nsa_bf16_pv_ukernel__ref(m, nk, dv, p, ldp, v16, ldv, want, ldacc);

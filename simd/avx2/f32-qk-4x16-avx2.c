@@ -8,12 +8,14 @@
  * L1 while every row block of the tile passes over it. Rows past the last
  * multiple of 4 go through a 1-row tile. No tail in keys: panels are whole.
  * Accumulation order is fixed (channel 0 first), independent of threads.
+ * The next hint goes with the first row block: one line of the next panel
+ * per channel.
  */
 #include "avx2-helpers.h"
 #include "ukernels.h"
 
 static inline void qk_4x16(size_t dk, __m256 scale, const float *q, size_t ldq,
-                           const float *panel, float *s, size_t lds)
+                           const float *panel, float *s, size_t lds, const float *next)
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
@@ -23,6 +25,8 @@ static inline void qk_4x16(size_t dk, __m256 scale, const float *q, size_t ldq,
     for (size_t c = 0; c < dk; c++) {
         const __m256 k0 = _mm256_loadu_ps(panel + c * NSA_PANEL);
         const __m256 k1 = _mm256_loadu_ps(panel + c * NSA_PANEL + 8);
+        if (next != NULL)
+            nsa_prefetch_line(next + c * NSA_PANEL);
         __m256 b = _mm256_broadcast_ss(q0 + c);
         c00 = _mm256_fmadd_ps(b, k0, c00);
         c01 = _mm256_fmadd_ps(b, k1, c01);
@@ -47,10 +51,12 @@ static inline void qk_4x16(size_t dk, __m256 scale, const float *q, size_t ldq,
 }
 
 static inline void qk_1x16(size_t dk, __m256 scale, const float *q, const float *panel,
-                           float *s)
+                           float *s, const float *next)
 {
     __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
     for (size_t c = 0; c < dk; c++) {
+        if (next != NULL)
+            nsa_prefetch_line(next + c * NSA_PANEL);
         const __m256 b = _mm256_broadcast_ss(q + c);
         c0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(panel + c * NSA_PANEL), c0);
         c1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(panel + c * NSA_PANEL + 8), c1);
@@ -60,16 +66,18 @@ static inline void qk_1x16(size_t dk, __m256 scale, const float *q, const float 
 }
 
 void nsa_f32_qk_ukernel_4x16__avx2(size_t m, size_t np, size_t dk, float scale, const float *q,
-                                   size_t ldq, const float *kp, float *s, size_t lds)
+                                   size_t ldq, const float *kp, float *s, size_t lds,
+                                   const float *next)
 {
     const __m256 vscale = _mm256_set1_ps(scale);
     for (size_t p = 0; p < np; p++) {
         const float *panel = kp + p * dk * NSA_PANEL;
+        const float *hint = next != NULL ? next + p * dk * NSA_PANEL : NULL; /* first row block */
         float *sp = s + p * NSA_PANEL;
         size_t r = 0;
-        for (; r + 4 <= m; r += 4)
-            qk_4x16(dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds);
-        for (; r < m; r++)
-            qk_1x16(dk, vscale, q + r * ldq, panel, sp + r * lds);
+        for (; r + 4 <= m; r += 4, hint = NULL)
+            qk_4x16(dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds, hint);
+        for (; r < m; r++, hint = NULL)
+            qk_1x16(dk, vscale, q + r * ldq, panel, sp + r * lds, hint);
     }
 }

@@ -11,7 +11,8 @@
  * channels go one at a time with a broadcast. Rows past the last multiple of
  * 4 go through a 1-row tile. No tail in keys: panels are whole. A q row is
  * read on [0, dk) only. Accumulation order is fixed (channel 0 first),
- * independent of threads.
+ * independent of threads. The next hint goes with the first row block: one
+ * line of the next panel per channel.
  */
 #include "neon-helpers.h"
 #include "ukernels.h"
@@ -51,7 +52,7 @@ static inline void store_scaled(float *s, float32x4_t scale, const float32x4_t a
 }
 
 static inline void qk_4x16(size_t dk, float32x4_t scale, const float *q, size_t ldq,
-                           const float *panel, float *s, size_t lds)
+                           const float *panel, float *s, size_t lds, const float *next)
 {
     float32x4_t c0[4], c1[4], c2[4], c3[4];
     for (int i = 0; i < 4; i++)
@@ -62,6 +63,9 @@ static inline void qk_4x16(size_t dk, float32x4_t scale, const float *q, size_t 
     for (; c + 4 <= dk; c += 4) {
         const float32x4_t a0 = vld1q_f32(q0 + c), a1 = vld1q_f32(q1 + c);
         const float32x4_t a2 = vld1q_f32(q2 + c), a3 = vld1q_f32(q3 + c);
+        if (next != NULL)
+            for (size_t line = c; line < c + 4; line++)
+                nsa_prefetch_line(next + line * NSA_PANEL);
         load_panel_channel(panel + c * NSA_PANEL, k);
         QK_FMA_CHANNEL_LANE(c0, k, a0, 0);
         QK_FMA_CHANNEL_LANE(c1, k, a1, 0);
@@ -84,6 +88,8 @@ static inline void qk_4x16(size_t dk, float32x4_t scale, const float *q, size_t 
         QK_FMA_CHANNEL_LANE(c3, k, a3, 3);
     }
     for (; c < dk; c++) {
+        if (next != NULL)
+            nsa_prefetch_line(next + c * NSA_PANEL);
         load_panel_channel(panel + c * NSA_PANEL, k);
         QK_FMA_CHANNEL(c0, k, vld1q_dup_f32(q0 + c));
         QK_FMA_CHANNEL(c1, k, vld1q_dup_f32(q1 + c));
@@ -97,7 +103,7 @@ static inline void qk_4x16(size_t dk, float32x4_t scale, const float *q, size_t 
 }
 
 static inline void qk_1x16(size_t dk, float32x4_t scale, const float *q, const float *panel,
-                           float *s)
+                           float *s, const float *next)
 {
     float32x4_t acc[4], k[4];
     for (int i = 0; i < 4; i++)
@@ -105,6 +111,9 @@ static inline void qk_1x16(size_t dk, float32x4_t scale, const float *q, const f
     size_t c = 0;
     for (; c + 4 <= dk; c += 4) {
         const float32x4_t a = vld1q_f32(q + c);
+        if (next != NULL)
+            for (size_t line = c; line < c + 4; line++)
+                nsa_prefetch_line(next + line * NSA_PANEL);
         load_panel_channel(panel + c * NSA_PANEL, k);
         QK_FMA_CHANNEL_LANE(acc, k, a, 0);
         load_panel_channel(panel + (c + 1) * NSA_PANEL, k);
@@ -115,6 +124,8 @@ static inline void qk_1x16(size_t dk, float32x4_t scale, const float *q, const f
         QK_FMA_CHANNEL_LANE(acc, k, a, 3);
     }
     for (; c < dk; c++) {
+        if (next != NULL)
+            nsa_prefetch_line(next + c * NSA_PANEL);
         load_panel_channel(panel + c * NSA_PANEL, k);
         QK_FMA_CHANNEL(acc, k, vld1q_dup_f32(q + c));
     }
@@ -122,16 +133,18 @@ static inline void qk_1x16(size_t dk, float32x4_t scale, const float *q, const f
 }
 
 void nsa_f32_qk_ukernel_4x16__neon(size_t m, size_t np, size_t dk, float scale, const float *q,
-                                   size_t ldq, const float *kp, float *s, size_t lds)
+                                   size_t ldq, const float *kp, float *s, size_t lds,
+                                   const float *next)
 {
     const float32x4_t vscale = vdupq_n_f32(scale);
     for (size_t p = 0; p < np; p++) {
         const float *panel = kp + p * dk * NSA_PANEL;
+        const float *hint = next != NULL ? next + p * dk * NSA_PANEL : NULL; /* first row block */
         float *sp = s + p * NSA_PANEL;
         size_t r = 0;
-        for (; r + 4 <= m; r += 4)
-            qk_4x16(dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds);
-        for (; r < m; r++)
-            qk_1x16(dk, vscale, q + r * ldq, panel, sp + r * lds);
+        for (; r + 4 <= m; r += 4, hint = NULL)
+            qk_4x16(dk, vscale, q + r * ldq, ldq, panel, sp + r * lds, lds, hint);
+        for (; r < m; r++, hint = NULL)
+            qk_1x16(dk, vscale, q + r * ldq, panel, sp + r * lds, hint);
     }
 }

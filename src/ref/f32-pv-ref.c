@@ -6,8 +6,10 @@
 #include "ukernels.h"
 
 void nsa_f32_pv_ukernel__ref(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,
-                             const float *v, size_t ldv, float *acc, size_t ldacc)
+                             const float *v, size_t ldv, float *acc, size_t ldacc,
+                             const float *next)
 {
+    (void)next; /* the reference prefetches nothing */
     for (size_t r = 0; r < m; r++) {
         float *ar = acc + r * ldacc;
         for (size_t j = 0; j < nk; j++) {

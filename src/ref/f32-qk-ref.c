@@ -6,8 +6,10 @@
 #include "ukernels.h"
 
 void nsa_f32_qk_ukernel__ref(size_t m, size_t np, size_t dk, float scale, const float *q,
-                             size_t ldq, const float *kp, float *s, size_t lds)
+                             size_t ldq, const float *kp, float *s, size_t lds,
+                             const float *next)
 {
+    (void)next; /* the reference prefetches nothing */
     for (size_t r = 0; r < m; r++) {
         for (size_t p = 0; p < np; p++) {
             const float *panel = kp + p * dk * NSA_PANEL;
