@@ -206,6 +206,7 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
                             (size_t)plan->cfg.head_dim_v);
     invert(plan, job, blocks, &c);
     const int64_t l = plan->cfg.sel_block;
+    const int hinted = l % NSA_PANEL == 0; /* the hint moves whole panels */
     nsa_keys keys = job->raw; /* with the next chosen block as the prefetch hint */
     int64_t next = 0;
     for (int64_t b = 0; b < blocks; b++) {
@@ -215,7 +216,7 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
         for (next = next > b ? next : b + 1;
              next < blocks && c.first_query[next + 1] == c.first_query[next];)
             next++;
-        keys.prefetch_ahead = next < blocks && l % NSA_PANEL == 0 ? (next - b) * l : 0;
+        keys.prefetch_ahead = hinted && next < blocks ? (next - b) * l : 0;
         attend_block(plan, job, &keys, b, c.queries + c.first_query[b], count, &c);
     }
     finish(plan, job, &c);

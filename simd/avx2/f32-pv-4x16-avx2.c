@@ -12,6 +12,7 @@
  * columns of one next row per key.
  */
 #include "avx2-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* rows (a constant 1..4 once inlined) x 16 columns, or x 8 columns under
@@ -58,22 +59,15 @@ pv_tile(const size_t rows, const int wide, __m256i mask, size_t nk, const float 
 static void pv_rows(size_t rows, int wide, __m256i mask, size_t nk, const float *p, size_t ldp,
                     const float *v, size_t ldv, float *acc, size_t ldacc, const float *next)
 {
-#define PV_ROWS_CASE(r)                                                                            \
-    case r:                                                                                        \
+#define TILE(r)                                                                                    \
+    do {                                                                                           \
         if (wide)                                                                                  \
             pv_tile(r, 1, mask, nk, p, ldp, v, ldv, acc, ldacc, next);                             \
         else                                                                                       \
             pv_tile(r, 0, mask, nk, p, ldp, v, ldv, acc, ldacc, next);                             \
-        break
-    switch (rows) {
-        PV_ROWS_CASE(1);
-        PV_ROWS_CASE(2);
-        PV_ROWS_CASE(3);
-        PV_ROWS_CASE(4);
-    default:
-        break;
-    }
-#undef PV_ROWS_CASE
+    } while (0)
+    NSA_ROW_COUNT_4(rows, TILE)
+#undef TILE
 }
 
 void nsa_f32_pv_ukernel_4x16__avx2(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,

@@ -13,6 +13,7 @@
  * line of the next panel per channel.
  */
 #include "avx2-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* rows (a constant 1..4 once inlined) x one panel. */
@@ -47,13 +48,9 @@ qk_tile(const size_t rows, size_t dk, __m256 scale, const float *q, size_t ldq,
 static void qk_rows(size_t rows, size_t dk, __m256 scale, const float *q, size_t ldq,
                     const float *panel, float *s, size_t lds, const float *next)
 {
-    switch (rows) {
-    case 1: qk_tile(1, dk, scale, q, ldq, panel, s, lds, next); break;
-    case 2: qk_tile(2, dk, scale, q, ldq, panel, s, lds, next); break;
-    case 3: qk_tile(3, dk, scale, q, ldq, panel, s, lds, next); break;
-    case 4: qk_tile(4, dk, scale, q, ldq, panel, s, lds, next); break;
-    default: break;
-    }
+#define TILE(r) qk_tile(r, dk, scale, q, ldq, panel, s, lds, next)
+    NSA_ROW_COUNT_4(rows, TILE)
+#undef TILE
 }
 
 void nsa_f32_qk_ukernel_4x16__avx2(size_t m, size_t np, size_t dk, float scale, const float *q,

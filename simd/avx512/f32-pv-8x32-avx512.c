@@ -13,6 +13,7 @@
  * loops: the lines of its columns of one next row per key.
  */
 #include "avx512-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* rows (a constant 1..8 once inlined) x 32 columns, or x 16 columns under
@@ -63,26 +64,15 @@ static void pv_rows(size_t rows, int wide, __mmask16 mask, size_t nk, const floa
                     size_t ldp, const float *v, size_t ldv, float *acc, size_t ldacc,
                     const float *next)
 {
-#define PV_ROWS_CASE(r)                                                                            \
-    case r:                                                                                        \
+#define TILE(r)                                                                                    \
+    do {                                                                                           \
         if (wide)                                                                                  \
             pv_tile(r, 1, mask, nk, p, ldp, v, ldv, acc, ldacc, next);                             \
         else                                                                                       \
             pv_tile(r, 0, mask, nk, p, ldp, v, ldv, acc, ldacc, next);                             \
-        break
-    switch (rows) {
-        PV_ROWS_CASE(1);
-        PV_ROWS_CASE(2);
-        PV_ROWS_CASE(3);
-        PV_ROWS_CASE(4);
-        PV_ROWS_CASE(5);
-        PV_ROWS_CASE(6);
-        PV_ROWS_CASE(7);
-        PV_ROWS_CASE(8);
-    default:
-        break;
-    }
-#undef PV_ROWS_CASE
+    } while (0)
+    NSA_ROW_COUNT_8(rows, TILE)
+#undef TILE
 }
 
 void nsa_f32_pv_ukernel_8x32__avx512(size_t m, size_t nk, size_t dv, const float *p, size_t ldp,

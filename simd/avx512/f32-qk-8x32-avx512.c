@@ -15,6 +15,7 @@
  * line of each of its panels per channel, beside the FMAs.
  */
 #include "avx512-helpers.h"
+#include "row-tiles.h"
 #include "ukernels.h"
 
 /* rows (a constant 1..8 once inlined) x `panels` (1 or 2) panels. */
@@ -55,26 +56,15 @@ qk_tile(const size_t rows, const size_t panels, size_t dk, __m512 scale, const f
 static void qk_rows(size_t rows, size_t panels, size_t dk, __m512 scale, const float *q,
                     size_t ldq, const float *panel, float *s, size_t lds, const float *next)
 {
-#define QK_ROWS_CASE(r)                                                                            \
-    case r:                                                                                        \
+#define TILE(r)                                                                                    \
+    do {                                                                                           \
         if (panels == 2)                                                                           \
             qk_tile(r, 2, dk, scale, q, ldq, panel, s, lds, next);                                 \
         else                                                                                       \
             qk_tile(r, 1, dk, scale, q, ldq, panel, s, lds, next);                                 \
-        break
-    switch (rows) {
-        QK_ROWS_CASE(1);
-        QK_ROWS_CASE(2);
-        QK_ROWS_CASE(3);
-        QK_ROWS_CASE(4);
-        QK_ROWS_CASE(5);
-        QK_ROWS_CASE(6);
-        QK_ROWS_CASE(7);
-        QK_ROWS_CASE(8);
-    default:
-        break;
-    }
-#undef QK_ROWS_CASE
+    } while (0)
+    NSA_ROW_COUNT_8(rows, TILE)
+#undef TILE
 }
 
 void nsa_f32_qk_ukernel_8x32__avx512(size_t m, size_t np, size_t dk, float scale, const float *q,
