@@ -4,7 +4,7 @@
  * compile-time constant that the always-inline tile functions unroll for,
  * one copy for every ISA: the bf16 kernels' row ladder (rows go `big` at a
  * time, then 4, 2 and 1), and the fp32 kernels' switch, which gives every
- * count from 1 to 4 or 8 its own specialisation.
+ * count from 1 to 6 or 8 its own specialisation.
  */
 #ifndef NSA_ROW_TILES_H
 #define NSA_ROW_TILES_H
@@ -29,14 +29,16 @@
     } while (0)
 
 /* Calls TILE(k) (a macro of the caller's) with the constant k == rows, for
- * rows in 1..4 (NSA_ROW_COUNT_4) or 1..8 (NSA_ROW_COUNT_8); other counts do
- * nothing. */
-#define NSA_ROW_COUNT_4(rows, TILE)                                                            \
+ * rows in 1..6 (NSA_ROW_COUNT_6, AVX2) or 1..8 (NSA_ROW_COUNT_8, AVX-512);
+ * other counts do nothing. */
+#define NSA_ROW_COUNT_6(rows, TILE)                                                            \
     switch (rows) {                                                                            \
     case 1: TILE(1); break;                                                                    \
     case 2: TILE(2); break;                                                                    \
     case 3: TILE(3); break;                                                                    \
     case 4: TILE(4); break;                                                                    \
+    case 5: TILE(5); break;                                                                    \
+    case 6: TILE(6); break;                                                                    \
     default: break;                                                                            \
     }
 

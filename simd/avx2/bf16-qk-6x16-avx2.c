@@ -12,7 +12,7 @@
  * feeds 2 FMAs per row with its q value broadcast, so each key is widened
  * once for 6 rows. Channel c's FMAs run before c + 1 is widened (the blend
  * rereads the pairs from memory), so 12 accumulators, 2 keys and 1 broadcast
- * fit the 16 ymm registers. 6 rows, not the 4 of f32-qk-4x16-avx2.c, because
+ * fit the 16 ymm registers. 6 rows, as in f32-qk-6x16-avx2.c; here also because
  * the widening shares the FMA ports: a decode group of G = 16 rows goes 6 +
  * 6 + 4, each key widened 3 times instead of 4. Rows go 6, then 4, 2, 1 at a
  * time. An odd dk's last panel row has channel dk - 1 only. No tail in keys:
