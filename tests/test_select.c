@@ -118,6 +118,13 @@ static int32_t brute_force_select(const nsa_config *cfg, const float *score, int
     return count;
 }
 
+/* Length of run r of `runs` starting at first[0..runs) and covering
+ * [0, candidates). */
+static int64_t runs_len(const int64_t *first, int64_t runs, int64_t r, int64_t candidates)
+{
+    return (r + 1 < runs ? first[r + 1] : candidates) - first[r];
+}
+
 static void test_selection_matches_brute_force_and_parts(void **state)
 {
     (void)state;
@@ -161,6 +168,17 @@ static void test_selection_matches_brute_force_and_parts(void **state)
         int32_t have = 0;
         for (int64_t r = runs - 1; r >= 0; r--)
             have = nsa_rank_merge(lists + r * n, (int32_t)sizes[r], goal, best, have);
+        assert_int_equal(nsa_finish_selection(&cfg, forced, best, have, parts), count);
+        assert_memory_equal(parts, want, (size_t)n * sizeof(int32_t));
+
+        /* the runs ranked into one list, last run first: a full list then
+         * meets ties with lower indices than its own entries */
+        nsa_forced_blocks(&cfg, candidates, query_block, parts);
+        have = 0;
+        for (int64_t r = runs - 1; r >= 0; r--)
+            have = nsa_rank_blocks(&cfg, score, first[r], first[r] + runs_len(first, runs, r,
+                                                                             candidates),
+                                   query_block, goal, best, have);
         assert_int_equal(nsa_finish_selection(&cfg, forced, best, have, parts), count);
         assert_memory_equal(parts, want, (size_t)n * sizeof(int32_t));
         free(score);
