@@ -26,7 +26,9 @@
 int64_t nsa_selected_chunk_queries(const nsa_plan *plan)
 {
     const int64_t queries = NSA_SELECTED_CHUNK_ROWS / plan->group_size;
-    return queries > 0 ? queries : 1;
+    return queries > NSA_SELECTED_CHUNK_QUERIES ? NSA_SELECTED_CHUNK_QUERIES
+           : queries > 0                        ? queries
+                                                : 1;
 }
 
 typedef struct chunk_scratch {

@@ -12,8 +12,15 @@
 
 #include "tile.h"
 
-/* Rows (queries x G heads) per chunk. */
-enum { NSA_SELECTED_CHUNK_ROWS = 1024 };
+/* Rows (queries x G heads) per chunk, and at most this many queries. A
+ * block read from DRAM serves every row of the chunk that chose it, so
+ * more queries per chunk share more of each load, while the chunk's row
+ * state (2 MiB at 4096 rows, Dv = 128) spills further out of L2. Zen 4, two
+ * threads, NSA alone: at G = 16, 4096 rows against 1024 took the 64K
+ * selected branch from 3218-3295 to 2970-3102 ms (16384 rows: 3764-3821
+ * ms); at G = 1, 4096 queries were slower than 1024 (selected 2050-2224
+ * against 1944-1951 ms at 32K) and 256 much slower (2746-2875 ms). */
+enum { NSA_SELECTED_CHUNK_ROWS = 4096, NSA_SELECTED_CHUNK_QUERIES = 1024 };
 
 /* One chunk: queries first .. first + count - 1 of a sequence of len keys,
  * with the strides of nsa_tile (query i's G rows at q + i * q_stride, ...). */
