@@ -546,7 +546,7 @@ static void check_gate_mix(nsa_gate_mix_ukernel *fn, const char *name)
 static void check_pool(nsa_pool_ukernel *fn, const char *name)
 {
     static const size_t ls[] = {1, 2, 16, 32, 33};
-    static const size_t dims[] = {1, 3, 8, 15, 16, 17, 31, 64, 130};
+    static const size_t dims[] = {1, 3, 8, 15, 16, 17, 31, 64, 130, 255, 256, 257, 529};
     for (size_t a = 0; a < sizeof ls / sizeof *ls; a++)
         for (size_t c = 0; c < sizeof dims / sizeof *dims; c++) {
             const size_t l = ls[a], dim = dims[c], ldx = dim + 7, total = dim + 9;
