@@ -1688,6 +1688,17 @@ static void test_gradient_descent(void **state)
     grad_set_init(&g, &p);
     nsa_batch batch = batch_of(&p);
 
+    /* The selection (top-n) is piecewise constant in the inputs, so the
+     * loss jumps wherever a step changes it: a small descent step can then
+     * raise it (seen up to 11 % at a block that flips back and forth). Only
+     * steps that keep the selection are smooth, and only they are held to a
+     * bound on the rise; the others are counted. */
+    const size_t n_indices =
+        (size_t)p.total_tokens * (size_t)p.cfg.num_kv_heads * (size_t)p.cfg.sel_count;
+    int32_t *indices = tu_xcalloc(n_indices, sizeof(int32_t));
+    int32_t *previous_indices = tu_xcalloc(n_indices, sizeof(int32_t));
+    int selection_changes = 0;
+
     enum { STEPS = 300 };
     /* A phi parameter's gradient sums over every window of the batch (about
      * 25 here) where a raw input's sums over a few, so it takes a step that
@@ -1701,12 +1712,21 @@ static void test_gradient_descent(void **state)
             nsa_forward_train(plan, &batch, p.q, p.k, p.v, p.gates, &p.cmp_k, &p.cmp_v, out, saved);
         if (st != NSA_SUCCESS)
             fail_msg("step %d: nsa_forward_train: %s", step, nsa_status_string(st));
+        st = nsa_forward(plan, &batch, p.q, p.k, p.v, p.gates, &p.cmp_k, &p.cmp_v, out, indices);
+        if (st != NSA_SUCCESS)
+            fail_msg("step %d: nsa_forward: %s", step, nsa_status_string(st));
         const double loss = half_squared_error(out, target, dout, n_out);
         if (step == 0)
             first = loss;
         if (step % 50 == 0)
             checkpoint[step / 50] = loss;
-        worst_rise = fmax(worst_rise, (loss - previous) / previous);
+        const int same_selection =
+            step > 0 && memcmp(indices, previous_indices, n_indices * sizeof(int32_t)) == 0;
+        if (same_selection)
+            worst_rise = fmax(worst_rise, (loss - previous) / previous);
+        else if (step > 0)
+            selection_changes++;
+        memcpy(previous_indices, indices, n_indices * sizeof(int32_t));
         previous = loss;
         if (step == STEPS)
             break;
@@ -1722,10 +1742,11 @@ static void test_gradient_descent(void **state)
                              g.param_count[which][slot], phi_rate);
     }
     print_message("gradient descent: loss %.4g -> %.4g over %d steps (checkpoints %.4g %.4g "
-                  "%.4g %.4g %.4g %.4g %.4g), largest one-step rise %.2g%% [%.2f s]\n",
+                  "%.4g %.4g %.4g %.4g %.4g); %d steps changed the selection; largest rise "
+                  "of a step that kept it %.2g%% [%.2f s]\n",
                   first, previous, STEPS, checkpoint[0], checkpoint[1], checkpoint[2],
-                  checkpoint[3], checkpoint[4], checkpoint[5], checkpoint[6], 100.0 * worst_rise,
-                  seconds_now() - started);
+                  checkpoint[3], checkpoint[4], checkpoint[5], checkpoint[6], selection_changes,
+                  100.0 * worst_rise, seconds_now() - started);
 
     grad_set_free(&g);
     nsa_saved_destroy(saved);
@@ -1733,6 +1754,8 @@ static void test_gradient_descent(void **state)
     free(out);
     free(target);
     free(dout);
+    free(indices);
+    free(previous_indices);
     tu_problem_free(&p);
 
     if (!(previous < first / 3.0))
@@ -1743,8 +1766,10 @@ static void test_gradient_descent(void **state)
         if (!(checkpoint[i] < checkpoint[i - 1]))
             fail_msg("gradient descent: the loss rose between steps %d and %d (%.6g -> %.6g)",
                      50 * (i - 1), 50 * i, checkpoint[i - 1], checkpoint[i]);
-    if (!(worst_rise < 0.10))
-        fail_msg("gradient descent: one step raised the loss by %.2g%%", 100.0 * worst_rise);
+    if (!(worst_rise < 0.01))
+        fail_msg("gradient descent: a step that kept the selection raised the loss by %.2g%% "
+                 "(NSA_TEST_SEED=%" PRIu64 ")",
+                 100.0 * worst_rise, tu_base_seed());
 }
 
 /* ------------------------------------------------------------------------ */
