@@ -6,7 +6,7 @@
 # there from the repository root:
 #
 #   PACK=gpu-pack OUT=out bench/gpu-host.sh [suite] [forward] [torch] [scaling]
-#                                           [groups] [decode] [backward] [fast] [amx]
+#                                           [groups] [decode] [backward] [fast] [amx] [ab]
 #
 # suite    the test programs once per ISA the host supports (avx512 too)
 # forward  nsa-bench kernels; nsa-bench forward at 32K and 64K, G=16, 16 threads
@@ -18,6 +18,10 @@
 # decode   nsa-bench decode, 4K .. 128K, fp32 and bf16; PyTorch's bf16 decode
 # backward nsa-bench backward at 32K and 64K
 # amx      nsa-bench kernels; decode at 64K capped at avx512 and at amx, 3 rounds
+# ab       the benchmarks named in AB (default "nsa-bench"; variants from
+#          VARIANT=... bench/pack-gpu-host.sh), NSA alone at AB_SEQLENS (32K and
+#          64K) on AB_THREADS (16), each phase timed (NSA_VERBOSE), in AB_ROUNDS
+#          (3) alternating rounds
 set -u
 PACK=${PACK:-gpu-pack}
 OUT=${OUT:-.}
@@ -82,6 +86,19 @@ for part in "$@"; do
                 >"$OUT/backward-$n.jsonl" 2>"$OUT/backward-$n.txt"
             cat "$OUT/backward-$n.txt"
         done
+        ;;
+    ab)
+        for round in $(seq 1 "${AB_ROUNDS:-3}"); do
+            for n in ${AB_SEQLENS:-32768 65536}; do
+                for prog in ${AB:-nsa-bench}; do
+                    echo "== round $round, $prog, N = $n" >>"$OUT/ab.txt"
+                    NSA_VERBOSE=1 run "$prog" forward --seqlen $n --threads "${AB_THREADS:-16}" --repeats 2 \
+                        --no-dense --no-blas --no-dnnl --no-machine 2>&1 |
+                        grep -E 'forward of|NSA forward' >>"$OUT/ab.txt"
+                done
+            done
+        done
+        cat "$OUT/ab.txt"
         ;;
     scaling)
         for t in 1 2 4 8 16; do

@@ -8,10 +8,24 @@
 #   sh bench/pack-gpu-host.sh [PACK]
 #   (device) PACK=gpu-pack OUT=$OUT sh bench/gpu-host.sh suite fast decode ...
 #
+# A variant for an A/B of whole builds: with VARIANT=NAME and configure
+# arguments after PACK, only the benchmark is built, with those arguments,
+# and added to an existing PACK as bin/nsa-bench-NAME (it links libnsa
+# statically, so it carries its own library code):
+#
+#   VARIANT=rows1024 sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_CHUNK_ROWS=1024
+#   (device) PACK=gpu-pack AB="nsa-bench nsa-bench-rows1024" OUT=$OUT sh bench/gpu-host.sh ab
+#
 # Needs the build dependencies (.ci/deps) and ../shared/tools/pack-for-gpu-host.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 pack=$(cd "$top" && mkdir -p "${1:-gpu-pack}" && cd "${1:-gpu-pack}" && pwd)
+[ $# -gt 0 ] && shift
+variant=${VARIANT:-}
+if [ -n "$variant" ] && [ ! -x "$pack/run" ]; then
+    echo "pack-gpu-host.sh: VARIANT needs an existing pack in $pack" >&2
+    exit 1
+fi
 tool="$top/../shared/tools/pack-for-gpu-host"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -21,7 +35,14 @@ cd "$work/src"
 ./autogen.sh >/dev/null 2>&1
 mkdir _build && cd _build
 log="$work/build.log"
-{ ../configure --without-dnnl && make -j"$(nproc)" && make -j"$(nproc)" check TESTS=; } \
+if [ -n "$variant" ]; then
+    { ../configure --without-dnnl "$@" && make -j"$(nproc)" bench/nsa-bench; } \
+        >"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
+    cp bench/nsa-bench "$pack/bin/nsa-bench-$variant"
+    echo "added $pack/bin/nsa-bench-$variant (configure $*)"
+    exit 0
+fi
+{ ../configure --without-dnnl "$@" && make -j"$(nproc)" && make -j"$(nproc)" check TESTS=; } \
     >"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
 rm -rf "$pack/bin" "$pack/lib" "$pack/run"
 "$tool" "$pack" bench/nsa-bench bench/nsa-demo tests/isa-list tests/test_api tests/test_backward \

@@ -19,8 +19,15 @@
  * threads, NSA alone: at G = 16, 4096 rows against 1024 took the 64K
  * selected branch from 3218-3295 to 2970-3102 ms (16384 rows: 3764-3821
  * ms); at G = 1, 4096 queries were slower than 1024 (selected 2050-2224
- * against 1944-1951 ms at 32K) and 256 much slower (2746-2875 ms). */
-enum { NSA_SELECTED_CHUNK_ROWS = 4096, NSA_SELECTED_CHUNK_QUERIES = 1024 };
+ * against 1944-1951 ms at 32K) and 256 much slower (2746-2875 ms).
+ * Both may be set at configure time for A/B builds, e.g.
+ * CPPFLAGS=-DNSA_SELECTED_CHUNK_ROWS=1024 (bench/pack-gpu-host.sh). */
+#ifndef NSA_SELECTED_CHUNK_ROWS
+#define NSA_SELECTED_CHUNK_ROWS 4096
+#endif
+#ifndef NSA_SELECTED_CHUNK_QUERIES
+#define NSA_SELECTED_CHUNK_QUERIES 1024
+#endif
 
 /* One chunk: queries first .. first + count - 1 of a sequence of len keys,
  * with the strides of nsa_tile (query i's G rows at q + i * q_stride, ...). */

@@ -22,8 +22,13 @@
  * so its tiles are large for reuse alone: 128 rows read each key once per
  * 8 queries of G = 16 (on the 2-vCPU Zen 5 development VM, where long
  * sequences stream their keys from DRAM, 10-18 % faster than 64 rows at
- * 32K-64K, 2 % slower at 8K; the dense backward 2-3 % faster at 8K). */
-enum { NSA_TILE_ROWS = 16, NSA_CMP_TILE_ROWS = 128, NSA_DENSE_TILE_ROWS = 128 };
+ * 32K-64K, 2 % slower at 8K; the dense backward 2-3 % faster at 8K).
+ * NSA_CMP_TILE_ROWS may be set at configure time for A/B builds
+ * (CPPFLAGS=-DNSA_CMP_TILE_ROWS=64). */
+#ifndef NSA_CMP_TILE_ROWS
+#define NSA_CMP_TILE_ROWS 128
+#endif
+enum { NSA_TILE_ROWS = 16, NSA_DENSE_TILE_ROWS = 128 };
 
 /* One tile: where its keys are and where its queries' data are. Query i of
  * the tile (position first + i) has its G rows at q + i * q_stride, its
