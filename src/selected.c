@@ -133,9 +133,10 @@ static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job,
     const nsa_config *cfg = &plan->cfg;
     const size_t g = (size_t)plan->group_size, dv = (size_t)cfg->head_dim_v;
     const int64_t limit = cfg->causal ? job->first + i : job->len - 1;
+    last = last < limit ? last : limit; /* the query's own block: no panel past it */
     for (size_t r = 0; r < g; r++) {
         c->row_first[r] = first;
-        c->row_last[r] = last < limit ? last : limit;
+        c->row_last[r] = last;
     }
     const size_t dk = (size_t)cfg->head_dim_qk;
     const nsa_rows rows = {.m = g, .dk = dk, .dv = dv, .scale = cfg->scale,
@@ -161,20 +162,23 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job,
             attend_in_place(plan, job, keys, list[k], first, last, c);
         return;
     }
+    int64_t used_last = first; /* the last key any row takes */
     for (int64_t k = 0; k < count; k++) {
         const int64_t i = list[k], pos = job->first + i;
         const int64_t limit = cfg->causal ? pos : job->len - 1;
+        const int64_t row_last = last < limit ? last : limit;
+        used_last = row_last > used_last ? row_last : used_last;
         memcpy(c->q + (size_t)k * g * dk, job->q + (size_t)i * job->q_stride,
                g * dk * sizeof(float));
         move_state(&c->state, &c->gathered, (size_t)i * g, (size_t)k * g, g, dv, 1);
         for (size_t r = (size_t)k * g; r < (size_t)(k + 1) * g; r++) {
             c->row_first[r] = first;
-            c->row_last[r] = last < limit ? last : limit;
+            c->row_last[r] = row_last;
         }
     }
     const size_t m = (size_t)count * g;
     const nsa_rows rows = {.m = m, .dk = dk, .dv = dv, .scale = cfg->scale, .q = c->q};
-    nsa_attend_keys(&plan->kernels, &rows, keys, first, last, c->row_first, c->row_last,
+    nsa_attend_keys(&plan->kernels, &rows, keys, first, used_last, c->row_first, c->row_last,
                     &c->gathered, c->s, c->lo, c->hi);
     for (int64_t k = 0; k < count; k++)
         move_state(&c->state, &c->gathered, (size_t)list[k] * g, (size_t)k * g, g, dv, 0);
