@@ -20,7 +20,7 @@
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 pack=$(cd "$top" && mkdir -p "${1:-gpu-pack}" && cd "${1:-gpu-pack}" && pwd)
-[ $# -gt 0 ] && shift
+if [ $# -gt 0 ]; then shift; fi
 variant=${VARIANT:-}
 if [ -n "$variant" ] && [ ! -x "$pack/run" ]; then
     echo "pack-gpu-host.sh: VARIANT needs an existing pack in $pack" >&2
@@ -35,15 +35,15 @@ cd "$work/src"
 ./autogen.sh >/dev/null 2>&1
 mkdir _build && cd _build
 log="$work/build.log"
+targets=${variant:+bench/nsa-bench} # a variant: the benchmark alone
+{ ../configure --without-dnnl "$@" && make -j"$(nproc)" $targets &&
+    { [ -n "$variant" ] || make -j"$(nproc)" check TESTS=; }; } \
+    >"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
 if [ -n "$variant" ]; then
-    { ../configure --without-dnnl "$@" && make -j"$(nproc)" bench/nsa-bench; } \
-        >"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
     cp bench/nsa-bench "$pack/bin/nsa-bench-$variant"
     echo "added $pack/bin/nsa-bench-$variant (configure $*)"
     exit 0
 fi
-{ ../configure --without-dnnl "$@" && make -j"$(nproc)" && make -j"$(nproc)" check TESTS=; } \
-    >"$log" 2>&1 || { tail -n 40 "$log"; exit 1; }
 rm -rf "$pack/bin" "$pack/lib" "$pack/run"
 "$tool" "$pack" bench/nsa-bench bench/nsa-demo tests/isa-list tests/test_api tests/test_backward \
     tests/test_decode tests/test_forward tests/test_golden tests/test_placement \

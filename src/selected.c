@@ -125,6 +125,15 @@ static int in_place(const nsa_plan *plan)
     return plan->group_size >= IN_PLACE_GROUP;
 }
 
+/* The last key of [first, last] that query i of the job may take: causal
+ * queries stop at themselves, so their own block runs no panel past them. */
+static int64_t query_last_key(const nsa_plan *plan, const nsa_selected_job *job, int64_t i,
+                              int64_t last)
+{
+    const int64_t limit = plan->cfg.causal ? job->first + i : job->len - 1;
+    return last < limit ? last : limit;
+}
+
 /* Query i of the job (its G rows, in place) to the keys [first, last]. */
 static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job,
                             const nsa_keys *keys, int64_t i, int64_t first, int64_t last,
@@ -132,8 +141,7 @@ static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job,
 {
     const nsa_config *cfg = &plan->cfg;
     const size_t g = (size_t)plan->group_size, dv = (size_t)cfg->head_dim_v;
-    const int64_t limit = cfg->causal ? job->first + i : job->len - 1;
-    last = last < limit ? last : limit; /* the query's own block: no panel past it */
+    last = query_last_key(plan, job, i, last);
     for (size_t r = 0; r < g; r++) {
         c->row_first[r] = first;
         c->row_last[r] = last;
@@ -164,9 +172,7 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job,
     }
     int64_t used_last = first; /* the last key any row takes */
     for (int64_t k = 0; k < count; k++) {
-        const int64_t i = list[k], pos = job->first + i;
-        const int64_t limit = cfg->causal ? pos : job->len - 1;
-        const int64_t row_last = last < limit ? last : limit;
+        const int64_t i = list[k], row_last = query_last_key(plan, job, i, last);
         used_last = row_last > used_last ? row_last : used_last;
         memcpy(c->q + (size_t)k * g * dk, job->q + (size_t)i * job->q_stride,
                g * dk * sizeof(float));
