@@ -38,6 +38,18 @@ typedef struct nsa_keys {
     int64_t prefetch_ahead;
 } nsa_keys;
 
+/* keys without their split form, where they also have the fp32 one: for
+ * the calls that must run on the FMA kernels. */
+static inline nsa_keys nsa_fp32_keys(const nsa_keys *keys)
+{
+    nsa_keys fp32 = *keys;
+    if (fp32.kp != NULL) {
+        fp32.kp3 = NULL;
+        fp32.v3 = NULL;
+    }
+    return fp32;
+}
+
 /* Online-softmax state of m rows: max[m], sum[m], acc[m][ldacc]. */
 typedef struct nsa_softmax_state {
     float *max, *sum, *acc;

@@ -22,6 +22,10 @@ struct nsa_context {
     int32_t num_threads;
     int32_t verbose;
     nsa_isa isa; /* the kernels' instruction set, capped by max_isa */
+    /* NSA_SPLIT_KEYS=1: run the split-key (tile product) paths even where
+     * only the reference x3 kernels exist, so the tests cover on any CPU
+     * the code the AMX host runs. */
+    int32_t split_keys;
     nsa_pool *pool; /* num_threads workers, the caller included */
     /* Guards last_error: several threads may fail on one context at once. */
     pthread_mutex_t error_lock;

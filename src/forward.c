@@ -112,6 +112,38 @@ static void pack_panels(const float *x, size_t ldx, int64_t len, int64_t dk, int
 
 /* ------------------------------------------------------------- phase 1 -- */
 
+/* Packs panels [first, first + count) of sequence b's raw keys for KV head
+ * h, and the same tokens' values: split for the x3 kernels, fp32 for the
+ * FMA ones, or both, as run_alloc allocated them. */
+static void pack_raw_keys(const forward_run *run, int64_t b, int64_t h, int64_t first,
+                          int64_t count)
+{
+    const forward_call *call = &run->call;
+    const nsa_config *cfg = &call->plan->cfg;
+    const int64_t hkv = cfg->num_kv_heads, dk = cfg->head_dim_qk, dv = cfg->head_dim_v;
+    const int64_t start = call->batch->cu_seqlens[b];
+    const int64_t len = call->batch->cu_seqlens[b + 1] - start;
+    const float *k = call->k + (size_t)((start * hkv + h) * dk);
+    const float *v = call->v + (size_t)((start * hkv + h) * dv);
+    if (run->kp3 != NULL) { /* panels and pair rows */
+        nsa_pack_panels_x3(k, (size_t)(hkv * dk), len, dk, first, count,
+                           seq_split(run, run->kp3, run->p_offset, b, h, 0) +
+                               (size_t)first * split_panel_words(cfg, 0));
+        nsa_pack_values_x3(v, (size_t)(hkv * dv), len, dv, first * PAIRS_PER_PANEL,
+                           count * PAIRS_PER_PANEL, (size_t)dv,
+                           seq_split(run, run->vp3, run->p_offset, b, h, 1) +
+                               (size_t)first * split_panel_words(cfg, 1));
+    }
+    if (run->kp != NULL) { /* key panels, and the values as rows */
+        pack_panels(k, (size_t)(hkv * dk), len, dk, first, count,
+                    seq_panels(run, run->kp, run->p_offset, b, h) + (size_t)(first * dk * NSA_PANEL));
+        const int64_t last = (first + count) * NSA_PANEL < len ? (first + count) * NSA_PANEL : len;
+        float *vdst = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
+        for (int64_t j = first * NSA_PANEL; j < last; j++)
+            memcpy(vdst + (size_t)(j * dv), v + (size_t)(j * hkv * dv), (size_t)dv * sizeof(float));
+    }
+}
+
 static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
 {
     forward_run *run = arg;
@@ -123,31 +155,9 @@ static void prepare_worker(void *arg, int32_t worker, int32_t num_workers)
     for (int64_t i; (i = nsa_work_queue_take(&run->queue)) >= 0;) {
         const work_item *it = &run->items[i];
         const int64_t b = it->seq, h = it->head, start = call->batch->cu_seqlens[b];
-        const int64_t len = call->batch->cu_seqlens[b + 1] - start;
         const float *k = call->k + (size_t)((start * hkv + h) * dk);
-        if (it->tensor == 2 && run->kp3 != NULL) { /* split: panels and pair rows */
-            const float *v = call->v + (size_t)((start * hkv + h) * dv);
-            nsa_pack_panels_x3(k, (size_t)(hkv * dk), len, dk, it->first, it->count,
-                               seq_split(run, run->kp3, run->p_offset, b, h, 0) +
-                                   (size_t)it->first * split_panel_words(cfg, 0));
-            nsa_pack_values_x3(v, (size_t)(hkv * dv), len, dv, it->first * PAIRS_PER_PANEL,
-                               it->count * PAIRS_PER_PANEL, (size_t)dv,
-                               seq_split(run, run->vp3, run->p_offset, b, h, 1) +
-                                   (size_t)it->first * split_panel_words(cfg, 1));
-            continue;
-        }
-        if (it->tensor == 2) { /* raw key panels, and the same tokens' values */
-            float *dst = seq_panels(run, run->kp, run->p_offset, b, h);
-            pack_panels(k, (size_t)(hkv * dk), len, dk, it->first, it->count,
-                        dst + (size_t)(it->first * dk * NSA_PANEL));
-            const int64_t first = it->first * NSA_PANEL;
-            const int64_t last = (it->first + it->count) * NSA_PANEL < len
-                                     ? (it->first + it->count) * NSA_PANEL
-                                     : len;
-            float *vdst = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
-            for (int64_t j = first; j < last; j++)
-                memcpy(vdst + (size_t)(j * dv), call->v + (size_t)(((start + j) * hkv + h) * dv),
-                       (size_t)dv * sizeof(float));
+        if (it->tensor == 2) { /* raw keys: split, fp32 or both (run_alloc) */
+            pack_raw_keys(run, b, h, it->first, it->count);
             continue;
         }
         const int64_t dim = it->tensor == 0 ? dk : dv;
@@ -224,7 +234,8 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
     if (run->kp3 != NULL) {
         raw.kp3 = seq_split(run, run->kp3, run->p_offset, b, h, 0);
         raw.v3 = seq_split(run, run->vp3, run->p_offset, b, h, 1);
-    } else {
+    }
+    if (run->kp != NULL) {
         raw.kp = seq_panels(run, run->kp, run->p_offset, b, h);
         raw.v = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
     }
@@ -290,7 +301,7 @@ static void selected_worker(void *arg, int32_t worker, int32_t num_workers)
         const nsa_tile tile = make_tile(run, it); /* for its keys and strides */
         const int64_t token = call->batch->cu_seqlens[it->seq] + it->first;
         const nsa_selected_job job = {
-            .raw = tile.raw, .len = tile.len, .first = it->first, .count = it->count,
+            .raw = nsa_fp32_keys(&tile.raw), .len = tile.len, .first = it->first, .count = it->count,
             .q = tile.q, .gates = tile.gates, .out = tile.out, .q_stride = tile.q_stride,
             .gates_stride = tile.gates_stride, .out_stride = tile.out_stride,
             .blocks = run->blocks + (size_t)((token * hkv + it->head) * n),
@@ -385,15 +396,24 @@ static void run_free(forward_run *run, int32_t workers)
 }
 
 /* Which keys a call packs split for the tile-product kernels. The split
- * pays where a call sweeps long spans of keys: dense attention and NSA's
- * compressed branch (tiles of 128 rows over chunks of 256 keys). NSA's
- * selected blocks and windows, 64 keys per call for 16 rows, keep fp32 keys
- * and the FMA kernels: there the x3 kernels load nearly one tile per tile
- * product and read 1.5x the bytes, and on the 16-vCPU host the selected
- * branch ran ~20 % slower on them (bench/RESULTS.md, eighth session). */
+ * pays where a call sweeps long spans of keys for many rows: dense
+ * attention, NSA's compressed branch (tiles of 128 rows over chunks of 256
+ * keys) and NSA's windows (128 rows over the 8 queries' ~520 keys at
+ * G = 16: the dense kernel's shape). NSA's selected blocks, 64 keys per
+ * call for 16 rows, keep the fp32 keys and the FMA kernels: there the x3
+ * kernels load nearly one tile per tile product and read 1.5x the bytes,
+ * and on the 16-vCPU host the selected branch ran ~20 % slower on them
+ * (bench/RESULTS.md, eighth session). So NSA packs its raw keys both ways
+ * when windows go on tiles (nsa_tile_attend picks per pass). */
 static int split_raw_keys(const forward_call *call)
 {
-    return call->plan->kernels.split_fp32 && call->dense;
+    return call->plan->kernels.split_fp32 && (call->dense || NSA_WINDOW_ON_TILES);
+}
+
+/* The raw keys as fp32 panels: all but dense attention on tile products. */
+static int fp32_raw_keys(const forward_call *call)
+{
+    return !(call->plan->kernels.split_fp32 && call->dense);
 }
 
 static int split_compressed_keys(const forward_call *call)
@@ -433,10 +453,12 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
     }
     const int split_raw = split_raw_keys(call), split_cmp = split_compressed_keys(call);
     const size_t key_words = split_panel_words(cfg, 0), value_words = split_panel_words(cfg, 1);
+    const int fp32_raw = fp32_raw_keys(call);
     if (split_raw) { /* 1.5x the bytes of fp32 panels */
         run->kp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * key_words * 2, 0);
         run->vp3 = nsa_alloc_large((size_t)(hkv * run->p_offset[B]) * value_words * 2, 0);
-    } else {
+    }
+    if (fp32_raw) {
         run->kp = nsa_alloc_large((size_t)(hkv * run->p_offset[B] * NSA_PANEL * dk) * sizeof(float), 0);
         run->vp = nsa_alloc_large((size_t)(hkv * call->batch->total_tokens * dv) * sizeof(float), 0);
     }
@@ -469,8 +491,8 @@ static nsa_status run_alloc(forward_run *run, int32_t workers)
             run->scratch_floats = selected;
     }
     run->scratch = nsa_worker_scratch_alloc(workers, run->scratch_floats);
-    const int packed = split_raw ? run->kp3 != NULL && run->vp3 != NULL
-                                 : run->kp != NULL && run->vp != NULL;
+    const int packed = (!split_raw || (run->kp3 != NULL && run->vp3 != NULL)) &&
+                       (!fp32_raw || (run->kp != NULL && run->vp != NULL));
     const int packed_compressed =
         !compressed || (run->kc != NULL && run->vc != NULL &&
                         (split_cmp ? run->kcp3 != NULL && run->vcp3 != NULL : run->kcp != NULL));

@@ -366,11 +366,15 @@ static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scr
                                     .sum = t->branch[branch].sum + row0,
                                     .acc = t->branch[branch].acc + row0 * dv,
                                     .ldacc = dv};
+    /* split raw keys: a window pass of many rows runs on them (the dense
+     * kernel's shape), selected blocks and small passes on the fp32 ones */
+    const int on_tiles = branch == SWA && q3 != NULL && m >= NSA_WINDOW_TILE_MIN_ROWS;
+    const nsa_keys keys = on_tiles ? tile->raw : nsa_fp32_keys(&tile->raw);
     if (branch == SLC)
-        attend_selected(plan, &rows, &tile->raw, tile->len, tile->first + sub, count,
+        attend_selected(plan, &rows, &keys, tile->len, tile->first + sub, count,
                         t->blocks + sub * cfg->sel_count, &part, t);
     else
-        attend_window(plan, &rows, &tile->raw, tile->len, tile->first + sub, count, &part, t);
+        attend_window(plan, &rows, &keys, tile->len, tile->first + sub, count, &part, t);
 }
 
 void nsa_tile_attend(const nsa_plan *plan, const nsa_tile *tile, int64_t max_queries,

@@ -30,13 +30,24 @@
 #endif
 enum { NSA_TILE_ROWS = 16, NSA_DENSE_TILE_ROWS = 128 };
 
+/* Whether NSA's windows run on tile products where the plan's kernels do
+ * (split_fp32): the forward then packs its raw keys split as well as fp32,
+ * and a window pass of at least NSA_WINDOW_TILE_MIN_ROWS rows takes the
+ * split ones. 0 keeps every window on the FMA kernels (A/B builds:
+ * CPPFLAGS=-DNSA_WINDOW_ON_TILES=0). */
+#ifndef NSA_WINDOW_ON_TILES
+#define NSA_WINDOW_ON_TILES 1
+#endif
+enum { NSA_WINDOW_TILE_MIN_ROWS = 64 };
+
 /* One tile: where its keys are and where its queries' data are. Query i of
  * the tile (position first + i) has its G rows at q + i * q_stride, its
  * gates at gates + i * gates_stride, its output at out + i * out_stride and
  * its n block indices at given / indices_out + i * index_stride. */
 typedef struct nsa_tile {
-    nsa_keys raw;        /* the sequence's keys for this KV head (split for
-                            the x3 kernels only in nsa_tile_attend_dense) */
+    nsa_keys raw;        /* the sequence's keys for this KV head: split for
+                            the x3 kernels in nsa_tile_attend_dense, fp32
+                            and (windows on tiles) split in nsa_tile_attend */
     nsa_keys compressed; /* its compressed keys (fp32, bf16 or split) */
     int64_t len;         /* keys in the sequence */
     int64_t first, count;
