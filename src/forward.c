@@ -404,7 +404,9 @@ static void run_free(forward_run *run, int32_t workers)
  * kernels load nearly one tile per tile product and read 1.5x the bytes,
  * and on the 16-vCPU host the selected branch ran ~20 % slower on them
  * (bench/RESULTS.md, eighth session). So NSA packs its raw keys both ways
- * when windows go on tiles (nsa_tile_attend picks per pass). */
+ * when windows go on tiles (nsa_tile_attend picks per pass): on the
+ * 16-core host that made the forward 2-3 % faster at 32K and 64K (eleventh
+ * session). */
 static int split_raw_keys(const forward_call *call)
 {
     return call->plan->kernels.split_fp32 && (call->dense || NSA_WINDOW_ON_TILES);
