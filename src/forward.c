@@ -74,6 +74,14 @@ static float *seq_panels(const forward_run *run, float *base, const int64_t *off
     return base + (size_t)((h * offset[B] + offset[b]) * dk * NSA_PANEL);
 }
 
+/* The fp32 value rows of sequence b and head h ([Hkv][total tokens][Dv]). */
+static float *seq_values(const forward_run *run, int64_t b, int64_t h)
+{
+    const nsa_batch *batch = run->call.batch;
+    return run->vp + (size_t)((h * batch->total_tokens + batch->cu_seqlens[b]) *
+                              run->call.plan->cfg.head_dim_v);
+}
+
 /* Pair rows of split values per panel of keys. */
 enum { PAIRS_PER_PANEL = NSA_PANEL / 2 };
 
@@ -138,7 +146,7 @@ static void pack_raw_keys(const forward_run *run, int64_t b, int64_t h, int64_t 
         pack_panels(k, (size_t)(hkv * dk), len, dk, first, count,
                     seq_panels(run, run->kp, run->p_offset, b, h) + (size_t)(first * dk * NSA_PANEL));
         const int64_t last = (first + count) * NSA_PANEL < len ? (first + count) * NSA_PANEL : len;
-        float *vdst = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
+        float *vdst = seq_values(run, b, h);
         for (int64_t j = first * NSA_PANEL; j < last; j++)
             memcpy(vdst + (size_t)(j * dv), v + (size_t)(j * hkv * dv), (size_t)dv * sizeof(float));
     }
@@ -237,7 +245,7 @@ static nsa_tile make_tile(const forward_run *run, const work_item *it)
     }
     if (run->kp != NULL) {
         raw.kp = seq_panels(run, run->kp, run->p_offset, b, h);
-        raw.v = run->vp + (size_t)((h * call->batch->total_tokens + start) * dv);
+        raw.v = seq_values(run, b, h);
     }
     if (run->kcp3 != NULL) {
         compressed.kp3 = seq_split(run, run->kcp3, run->cp_offset, b, h, 0);

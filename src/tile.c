@@ -348,6 +348,9 @@ static void record_lse(const nsa_plan *plan, const nsa_tile *tile, const nsa_til
 
 enum { CMP, SLC, SWA }; /* branches */
 
+/* Rows from which a window pass takes the split keys, where it has them. */
+enum { WINDOW_TILE_MIN_ROWS = 64 };
+
 /* The selected (SLC) or window (SWA) branch for `count` of the tile's
  * queries from query `sub`. */
 static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scratch *t,
@@ -368,7 +371,7 @@ static void attend_rows(const nsa_plan *plan, const nsa_tile *tile, nsa_tile_scr
                                     .ldacc = dv};
     /* split raw keys: a window pass of many rows runs on them (the dense
      * kernel's shape), selected blocks and small passes on the fp32 ones */
-    const int on_tiles = branch == SWA && q3 != NULL && m >= NSA_WINDOW_TILE_MIN_ROWS;
+    const int on_tiles = branch == SWA && q3 != NULL && m >= WINDOW_TILE_MIN_ROWS;
     const nsa_keys keys = on_tiles ? tile->raw : nsa_fp32_keys(&tile->raw);
     if (branch == SLC)
         attend_selected(plan, &rows, &keys, tile->len, tile->first + sub, count,

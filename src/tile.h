@@ -32,13 +32,12 @@ enum { NSA_TILE_ROWS = 16, NSA_DENSE_TILE_ROWS = 128 };
 
 /* Whether NSA's windows run on tile products where the plan's kernels do
  * (split_fp32): the forward then packs its raw keys split as well as fp32,
- * and a window pass of at least NSA_WINDOW_TILE_MIN_ROWS rows takes the
- * split ones. 0 keeps every window on the FMA kernels (A/B builds:
+ * and nsa_tile_attend gives the split ones to window passes of many rows.
+ * 0 keeps every window on the FMA kernels (A/B builds:
  * CPPFLAGS=-DNSA_WINDOW_ON_TILES=0). */
 #ifndef NSA_WINDOW_ON_TILES
 #define NSA_WINDOW_ON_TILES 1
 #endif
-enum { NSA_WINDOW_TILE_MIN_ROWS = 64 };
 
 /* One tile: where its keys are and where its queries' data are. Query i of
  * the tile (position first + i) has its G rows at q + i * q_stride, its
