@@ -109,6 +109,7 @@ nsa_status nsa_context_create(const nsa_context_options *opts, nsa_context **ctx
     c->isa = (nsa_isa)isa;
     c->verbose = opts->verbose >= 0 ? (opts->verbose > 0) : (env_int("NSA_VERBOSE", MAX_ENV_COUNT, 0) > 0);
     c->split_keys = env_int("NSA_SPLIT_KEYS", 1, 0);
+    c->selected_on_tiles = env_int("NSA_SELECTED_ON_TILES", 1, NSA_SELECTED_ON_TILES);
     c->num_threads = opts->num_threads;
     if (c->num_threads == 0)
         c->num_threads = env_int("NSA_NUM_THREADS", MAX_ENV_COUNT, 0);

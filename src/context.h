@@ -17,6 +17,12 @@
 
 enum { NSA_ERROR_MESSAGE_SIZE = 512 };
 
+/* Whether G >= 16 selected blocks run on tile products where the kernels
+ * have them, unless NSA_SELECTED_ON_TILES=0|1 says otherwise. */
+#ifndef NSA_SELECTED_ON_TILES
+#define NSA_SELECTED_ON_TILES 0
+#endif
+
 struct nsa_context {
     hwloc_topology_t topology;
     int32_t num_threads;
@@ -26,6 +32,9 @@ struct nsa_context {
      * only the reference x3 kernels exist, so the tests cover on any CPU
      * the code the AMX host runs. */
     int32_t split_keys;
+    /* NSA_SELECTED_ON_TILES=0|1: whether G >= 16 selected blocks take the
+     * split keys (an A/B knob; the default is selected.h's). */
+    int32_t selected_on_tiles;
     nsa_pool *pool; /* num_threads workers, the caller included */
     /* Guards last_error: several threads may fail on one context at once. */
     pthread_mutex_t error_lock;

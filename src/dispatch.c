@@ -40,6 +40,7 @@ void nsa_dispatch_ukernels(const nsa_context *ctx, nsa_ukernels *kernels, char *
      * the reference ones exist for the tests (and NSA_SPLIT_KEYS=1). */
     kernels->split_fp32 = ctx->split_keys || (kernels->qk_x3 != nsa_x3_qk_ukernel__ref &&
                                               kernels->pv_x3 != nsa_x3_pv_ukernel__ref);
+    kernels->split_selected = kernels->split_fp32 && ctx->selected_on_tiles;
     kernels->split_bf16_queries = kernels->qk_bf16_split != nsa_bf16_qk_split_ukernel__ref;
     snprintf(description, description_size, "isa=%s threads=%d", nsa_isa_name(ctx->isa),
              (int)ctx->num_threads);

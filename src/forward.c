@@ -309,7 +309,7 @@ static void selected_worker(void *arg, int32_t worker, int32_t num_workers)
         const nsa_tile tile = make_tile(run, it); /* for its keys and strides */
         const int64_t token = call->batch->cu_seqlens[it->seq] + it->first;
         const nsa_selected_job job = {
-            .raw = nsa_fp32_keys(&tile.raw), .len = tile.len, .first = it->first, .count = it->count,
+            .raw = tile.raw, .len = tile.len, .first = it->first, .count = it->count,
             .q = tile.q, .gates = tile.gates, .out = tile.out, .q_stride = tile.q_stride,
             .gates_stride = tile.gates_stride, .out_stride = tile.out_stride,
             .blocks = run->blocks + (size_t)((token * hkv + it->head) * n),

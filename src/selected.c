@@ -14,7 +14,11 @@
  * every query merges its blocks in the same order whatever the threads.
  * With long sequences most blocks are chosen by one query of a chunk and
  * come from DRAM, so the kernels prefetch the next block's keys and values
- * while they work on the current one.
+ * while they work on the current one. Where the kernels have tile products
+ * and NSA_SELECTED_ON_TILES asks for it (context.h; off by default until
+ * the host has measured it), groups of 16 or more attend to the forward's
+ * split keys with their rows split once per chunk, and the next block's
+ * split terms are asked for here, since tile loads train no prefetcher.
  */
 #include <math.h>
 #include <string.h>
@@ -35,9 +39,19 @@ typedef struct chunk_scratch {
     nsa_softmax_state state;    /* the chunk's rows, [rows] */
     nsa_softmax_state gathered; /* one block's rows */
     float *q, *s;
+    uint16_t *q3; /* the chunk's rows split, where blocks go on tile products */
     int32_t *lo, *hi, *first_query, *queries; /* first_query [blocks + 1] */
     int64_t *row_first, *row_last;
 } chunk_scratch;
+
+/* Whether a plan's selected blocks may run on tile products: its kernels
+ * have them, and every query's G rows are whole 16-row blocks of the split
+ * layout, attended in place (blocks then take the split keys where the
+ * forward packed them). */
+static int on_tiles(const nsa_plan *plan)
+{
+    return plan->kernels.split_selected && plan->group_size % 16 == 0;
+}
 
 /* Lays the scratch out in f (NULL: only count); returns the floats it
  * takes. */
@@ -58,6 +72,8 @@ static size_t carve(const nsa_plan *plan, int64_t max_len, float *f, chunk_scrat
         states[i]->ldacc = dv;
     }
     v.q = nsa_carve(&k, rows * dk * sizeof(float));
+    if (on_tiles(plan))
+        v.q3 = nsa_carve(&k, nsa_x3_query_words(rows, dk) * sizeof(uint16_t));
     v.s = nsa_carve(&k, rows * NSA_ATTEND_CHUNK * sizeof(float));
     v.lo = nsa_carve(&k, rows * sizeof(int32_t));
     v.hi = nsa_carve(&k, rows * sizeof(int32_t));
@@ -148,12 +164,37 @@ static void attend_in_place(const nsa_plan *plan, const nsa_selected_job *job,
     }
     const size_t dk = (size_t)cfg->head_dim_qk;
     const nsa_rows rows = {.m = g, .dk = dk, .dv = dv, .scale = cfg->scale,
-                           .q = job->q + (size_t)i * job->q_stride};
+                           .q = job->q + (size_t)i * job->q_stride,
+                           .q3 = keys->kp3 != NULL ? c->q3 + nsa_x3_query_words((size_t)i * g, dk)
+                                                   : NULL};
     const size_t row = (size_t)i * g;
     const nsa_softmax_state state = {.max = c->state.max + row, .sum = c->state.sum + row,
                                      .acc = c->state.acc + row * dv, .ldacc = dv};
     nsa_attend_keys(&plan->kernels, &rows, keys, first, last, c->row_first, c->row_last,
                     &state, c->s, c->lo, c->hi);
+}
+
+/* Whether a block's queries ask for the next one's rows and accumulators
+ * ahead of its turn (an A/B build option: no gain on the 2-vCPU Zen 5
+ * development VM, 32K and 64K, 2 alternating rounds; unmeasured on the
+ * 16-core host, whose L3 is further away). */
+#ifndef NSA_SELECTED_PREFETCH_STATE
+#define NSA_SELECTED_PREFETCH_STATE 0
+#endif
+
+/* Asks for query i's rows and accumulators into L2 ahead of its turn. */
+static void prefetch_query(const nsa_plan *plan, const nsa_selected_job *job, int64_t i,
+                           const chunk_scratch *c)
+{
+    const size_t g = (size_t)plan->group_size;
+    const size_t q_bytes = g * (size_t)plan->cfg.head_dim_qk * sizeof(float);
+    const size_t acc_bytes = g * (size_t)plan->cfg.head_dim_v * sizeof(float);
+    const char *q = (const char *)(job->q + (size_t)i * job->q_stride);
+    const char *acc = (const char *)(c->state.acc + (size_t)i * g * c->state.ldacc);
+    for (size_t b = 0; b < q_bytes; b += 64)
+        __builtin_prefetch(q + b, 0, 2);
+    for (size_t b = 0; b < acc_bytes; b += 64)
+        __builtin_prefetch(acc + b, 1, 2);
 }
 
 /* Attends block's rows (the queries in list[0 .. count)) to its keys. */
@@ -166,8 +207,11 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job,
     const size_t dv = (size_t)cfg->head_dim_v;
     const int64_t first = block * cfg->sel_block, last = first + cfg->sel_block - 1;
     if (in_place(plan)) {
-        for (int64_t k = 0; k < count; k++)
+        for (int64_t k = 0; k < count; k++) {
+            if (NSA_SELECTED_PREFETCH_STATE && k + 1 < count)
+                prefetch_query(plan, job, list[k + 1], c);
             attend_in_place(plan, job, keys, list[k], first, last, c);
+        }
         return;
     }
     int64_t used_last = first; /* the last key any row takes */
@@ -188,6 +232,42 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job,
                     &c->gathered, c->s, c->lo, c->hi);
     for (int64_t k = 0; k < count; k++)
         move_state(&c->state, &c->gathered, (size_t)list[k] * g, (size_t)k * g, g, dv, 0);
+}
+
+#ifndef NSA_SELECTED_TILE_PREFETCH
+#define NSA_SELECTED_TILE_PREFETCH 1
+#endif
+
+/* Asks for a block's split key panels and value pair rows into L2 ahead
+ * of use: tile loads train no prefetcher, and the blocks are scattered. */
+static void prefetch_split_block(const nsa_plan *plan, const nsa_keys *keys, int64_t block)
+{
+    const nsa_config *cfg = &plan->cfg;
+    const int64_t first = block * cfg->sel_block;
+    const int64_t count = first + cfg->sel_block <= keys->count ? cfg->sel_block
+                                                                 : keys->count - first;
+    if (count <= 0)
+        return;
+    const size_t dk = (size_t)cfg->head_dim_qk;
+    const int64_t panel = first / NSA_PANEL, panels = nsa_panels_of(first + count) - panel;
+    const char *k = (const char *)(keys->kp3 + (size_t)panel * nsa_x3_panel_words(dk));
+    const size_t k_bytes = (size_t)panels * nsa_x3_panel_words(dk) * sizeof(uint16_t);
+    for (size_t b = 0; b < k_bytes; b += 64)
+        __builtin_prefetch(k + b, 0, 2);
+    const size_t pair = nsa_x3_pair_words(keys->ldv);
+    const char *v = (const char *)(keys->v3 + (size_t)(first / 2) * pair);
+    const size_t v_bytes = (size_t)((count + 1) / 2) * pair * sizeof(uint16_t);
+    for (size_t b = 0; b < v_bytes; b += 64)
+        __builtin_prefetch(v + b, 0, 2);
+}
+
+/* Each query's G rows split once for the chunk (on_tiles). */
+static void split_rows(const nsa_plan *plan, const nsa_selected_job *job, chunk_scratch *c)
+{
+    const size_t g = (size_t)plan->group_size, dk = (size_t)plan->cfg.head_dim_qk;
+    for (int64_t i = 0; i < job->count; i++)
+        plan->kernels.split_x3(g, dk, plan->cfg.scale, job->q + (size_t)i * job->q_stride, dk,
+                               c->q3 + nsa_x3_query_words((size_t)i * g, dk));
 }
 
 /* out += g_slc o_slc, and the log-sum-exp when training. */
@@ -217,9 +297,13 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
     nsa_softmax_state_reset(&c.state, (size_t)(job->count * plan->group_size),
                             (size_t)plan->cfg.head_dim_v);
     invert(plan, job, blocks, &c);
+    nsa_keys keys = job->raw; /* with the next chosen block as the prefetch hint */
+    if (on_tiles(plan) && keys.kp3 != NULL)
+        split_rows(plan, job, &c);
+    else
+        keys = nsa_fp32_keys(&keys);
     const int64_t l = plan->cfg.sel_block;
     const int hinted = l % NSA_PANEL == 0; /* the hint moves whole panels */
-    nsa_keys keys = job->raw; /* with the next chosen block as the prefetch hint */
     int64_t next = 0;
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t count = c.first_query[b + 1] - c.first_query[b];
@@ -229,6 +313,8 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
              next < blocks && c.first_query[next + 1] == c.first_query[next];)
             next++;
         keys.prefetch_ahead = hinted && next < blocks ? (next - b) * l : 0;
+        if (NSA_SELECTED_TILE_PREFETCH && keys.kp3 != NULL && next < blocks)
+            prefetch_split_block(plan, &keys, next);
         attend_block(plan, job, &keys, b, c.queries + c.first_query[b], count, &c);
     }
     finish(plan, job, &c);

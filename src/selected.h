@@ -32,7 +32,7 @@
 /* One chunk: queries first .. first + count - 1 of a sequence of len keys,
  * with the strides of nsa_tile (query i's G rows at q + i * q_stride, ...). */
 typedef struct nsa_selected_job {
-    nsa_keys raw; /* fp32 or bf16, not split: 64-key blocks run on the FMA kernels */
+    nsa_keys raw; /* fp32 or bf16, maybe also split (used where on tiles) */
     int64_t len;
     int64_t first, count;
     const float *q, *gates;

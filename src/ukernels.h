@@ -281,6 +281,9 @@ typedef struct nsa_ukernels {
     /* Whether the forward stores its fp32 keys and values split for
      * qk_x3 and pv_x3: only when tile products run them (dispatch.c). */
     int split_fp32;
+    /* Whether the forward's selected blocks take those split keys too,
+     * where a query's rows are whole 16-row blocks (selected.c). */
+    int split_selected;
     /* Whether a decode step over a bf16 cache splits its rows once for
      * qk_bf16_split: likewise only on tile products. */
     int split_bf16_queries;
