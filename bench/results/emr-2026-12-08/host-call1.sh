@@ -3,6 +3,14 @@
 # forward tests, on tiles) and avx512; an A/B of the selected branch
 # (NSA alone, phases timed); NSA vs dense with the winner; torch; decode.
 # Few files come back from the device, so each part's files are gathered.
+# The pack (commit 253c494 or later):
+#   sh bench/pack-gpu-host.sh gpu-pack
+#   VARIANT=pfs sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_PREFETCH_STATE=1
+#   VARIANT=tnp sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_TILE_PREFETCH=0
+#   VARIANT=r1024 sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_CHUNK_ROWS=1024
+#   VARIANT=r2048 sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_CHUNK_ROWS=2048
+#   strip --strip-debug gpu-pack/bin/* gpu-pack/lib/libnsa.so.0   # 57 MB: under the carry limit
+# then run it with carry ["gpu-pack"] (FAST=0 stops after the A/B).
 set -u
 export PACK=gpu-pack
 run() { "$PACK/run" "$@"; }
