@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * select.c — which blocks each query attends to. Portable: per query it
- * touches O(t/l' + t/d) numbers, a rounding error next to the attention it
- * steers.
+ * touches O(t/l' + t/d) numbers, little next to the attention it steers,
+ * but small groups select per head: at G = 1 the block scores and the
+ * ranking were a tenth of the forward (Zen 5, 32K), so both avoid chains
+ * of dependent adds and unpredictable inserts where they can.
  */
+#include <math.h>
 #include <string.h>
 
 #include "select.h"
@@ -34,7 +37,27 @@ void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t origin,
         const int64_t end = start + width < stride ? start + width : stride;
         kept[k] = (float)(end - (start > 0 ? start : 0));
     }
+    /* Blocks whose taps all lie in [0, nc) take them tap by tap over all
+     * of them at once: the same sums in the same order, without a loop of
+     * `taps` dependent adds per block. */
+    int64_t inner_first = (lead + stride - 1) / stride, inner_end = (nc + lead - taps) / stride + 1;
+    inner_first = inner_first > first_block ? inner_first : first_block;
+    inner_end = nc + lead - taps < 0 ? inner_first : inner_end < end_block ? inner_end : end_block;
+    if (taps <= MAX_KEPT_TAPS && inner_first < inner_end) {
+        for (int64_t j = inner_first; j < inner_end; j++)
+            score[j] = 0.0f;
+        for (int64_t k = 0; k < taps; k++) {
+            const float *p = p_sum + k - lead - origin, weight = kept[k];
+            for (int64_t j = inner_first; j < inner_end; j++)
+                score[j] += p[j * stride] * weight;
+        }
+    } else
+        inner_first = inner_end = end_block;
     for (int64_t j = first_block; j < end_block; j++) {
+        if (j == inner_first)
+            j = inner_end;
+        if (j >= end_block)
+            break;
         const int64_t base = j * stride - lead;
         const int64_t at = base - origin; /* p_sum[at + k]: token base + k */
         const int64_t k0 = base < 0 ? -base : 0;
@@ -70,12 +93,6 @@ void nsa_blocks_within(const nsa_config *cfg, int64_t first, int64_t last, int64
     end = end < num_blocks ? end : num_blocks;
     *first_block = lo < end ? lo : end;
     *end_block = end;
-}
-
-static int is_forced(const nsa_config *cfg, int64_t block, int64_t query_block)
-{
-    return block < cfg->sel_init ||
-           (block <= query_block && block > query_block - cfg->sel_local);
 }
 
 void nsa_normalize_blocks(int32_t *blocks, int32_t n)
@@ -117,13 +134,50 @@ static inline int32_t insert(nsa_ranked *best, int32_t have, int32_t want, nsa_r
     return have;
 }
 
+/* A score below which no block of [first, end) can be among its best
+ * `want`: the least of the maxima of `want` disjoint groups of the span's
+ * scores (want blocks reach it). Inserting is the costly part of ranking
+ * (where a candidate lands is unpredictable), and with it only the blocks
+ * at or above the floor are tried instead of every one: ranking 512
+ * random blocks took 0.45-0.52 instead of 0.85-0.89 us (Zen 5, 3 pairs).
+ * -INFINITY when the span is too short for groups. */
+static float rank_floor(const float *score, int64_t first, int64_t end, int32_t want)
+{
+    const int64_t size = want > 0 ? (end - first) / want : 0;
+    if (size < 2)
+        return -INFINITY;
+    float floor = INFINITY;
+    for (int32_t g = 0; g < want; g++) {
+        const float *group = score + first + (int64_t)g * size;
+        float max = -INFINITY; /* NaN scores never rank, nor raise the floor */
+        for (int64_t k = 0; k < size; k++)
+            max = group[k] > max ? group[k] : max;
+        floor = max < floor ? max : floor;
+    }
+    return floor;
+}
+
+/* Adds blocks first .. end - 1, none of them forced. */
+static int32_t rank_span(const float *score, int64_t first, int64_t end, int32_t want,
+                         nsa_ranked *best, int32_t have)
+{
+    const float floor = rank_floor(score, first, end, want);
+    for (int64_t j = first; j < end; j++)
+        if (score[j] >= floor)
+            have = insert(best, have, want, (nsa_ranked){score[j], (int32_t)j});
+    return have;
+}
+
 int32_t nsa_rank_blocks(const nsa_config *cfg, const float *score, int64_t first, int64_t end,
                         int64_t query_block, int32_t want, nsa_ranked *best, int32_t have)
 {
-    for (int64_t j = first; j < end; j++)
-        if (!is_forced(cfg, j, query_block))
-            have = insert(best, have, want, (nsa_ranked){score[j], (int32_t)j});
-    return have;
+    /* around the forced blocks: [0, sel_init) and [local_first, query_block] */
+    const int64_t local_first = query_block - cfg->sel_local + 1;
+    const int64_t from = first > cfg->sel_init ? first : cfg->sel_init;
+    const int64_t below = end < local_first ? end : local_first;
+    const int64_t above = from > query_block + 1 ? from : query_block + 1;
+    have = rank_span(score, from, below, want, best, have);
+    return rank_span(score, above, end, want, best, have);
 }
 
 int32_t nsa_rank_merge(const nsa_ranked *from, int32_t count, int32_t want, nsa_ranked *best,
