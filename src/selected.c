@@ -236,6 +236,8 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job,
         move_state(&c->state, &c->gathered, (size_t)list[k] * g, (size_t)k * g, g, dv, 0);
 }
 
+/* Whether blocks on tile products ask for the next block's split terms
+ * (an A/B build option for the host, with NSA_SELECTED_ON_TILES=1). */
 #ifndef NSA_SELECTED_TILE_PREFETCH
 #define NSA_SELECTED_TILE_PREFETCH 1
 #endif
