@@ -9,7 +9,7 @@
 #   VARIANT=tnp sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_TILE_PREFETCH=0
 #   VARIANT=r1024 sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_CHUNK_ROWS=1024
 #   VARIANT=r2048 sh bench/pack-gpu-host.sh gpu-pack CPPFLAGS=-DNSA_SELECTED_CHUNK_ROWS=2048
-#   strip --strip-debug gpu-pack/bin/* gpu-pack/lib/libnsa.so.0   # 57 MB: under the carry limit
+#   (the packs are stripped of debug sections: 57 MB in all, under the carry limit)
 # then run it with carry ["gpu-pack"] (FAST=0 stops after the A/B).
 set -u
 export PACK=gpu-pack
