@@ -19,6 +19,7 @@
  * not benchmarked until it gets a shape here; the build does not break.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,11 +85,16 @@ static void call_pv(generic_fn *f, buffers *b)
 }
 
 /* softmax works in place: each call first restores the scores (a 4 KiB
- * copy, included in its time). The running max already covers the tile,
- * the common case of a long row: no rescale (for kernels that skip it). */
+ * copy, included in its time), and a fence lets the copy's narrow stores
+ * land before the kernel's wide loads read them: loads that would take
+ * their data from several pending stores stall (~130 ns a call on Zen 5),
+ * which the forward's kernels, reading what qk stored as whole vectors, do
+ * not. The running max already covers the tile, the common case of a long
+ * row: no rescale (for kernels that skip it). */
 static void call_softmax(generic_fn *f, buffers *b)
 {
     memcpy(b->s, b->s_pristine, sizeof b->s);
+    atomic_thread_fence(memory_order_seq_cst);
     ((nsa_softmax_ukernel *)f)(M, NK, b->lo, b->hi, b->s, NK, b->row_max, b->row_sum, DV,
                                b->acc, DV);
 }
