@@ -33,7 +33,7 @@ struct nsa_context {
      * the code the AMX host runs. */
     int32_t split_keys;
     /* NSA_SELECTED_ON_TILES=0|1: whether G >= 16 selected blocks take the
-     * split keys (an A/B knob; the default is selected.h's). */
+     * split keys (an A/B knob; the default is the macro above). */
     int32_t selected_on_tiles;
     nsa_pool *pool; /* num_threads workers, the caller included */
     /* Guards last_error: several threads may fail on one context at once. */

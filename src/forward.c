@@ -414,10 +414,11 @@ static void run_free(forward_run *run, int32_t workers)
  * (bench/RESULTS.md, eighth session). So NSA packs its raw keys both ways
  * when windows go on tiles (nsa_tile_attend picks per pass): on the
  * 16-core host that made the forward 2-3 % faster at 32K and 64K (eleventh
- * session). */
+ * session). NSA_SELECTED_ON_TILES=1 (split_selected) asks for them too. */
 static int split_raw_keys(const forward_call *call)
 {
-    return call->plan->kernels.split_fp32 && (call->dense || NSA_WINDOW_ON_TILES);
+    const nsa_ukernels *k = &call->plan->kernels;
+    return k->split_fp32 && (call->dense || NSA_WINDOW_ON_TILES || k->split_selected);
 }
 
 /* The raw keys as fp32 panels: all but dense attention on tile products. */

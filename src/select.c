@@ -20,61 +20,69 @@ int64_t nsa_block_lead(const nsa_config *cfg)
     return cfg->cmp_block / cfg->cmp_stride - 1;
 }
 
+/* omega(i, J) depends only on i's place in block J's span: with
+ * stride = l'/d and lead = l/d - 1 (tokens reaching in from the block
+ * before), block J takes tokens i = J * stride - lead + k,
+ * k = 0 .. stride + lead - 1, with the same weights for every J. In units
+ * of d: a window is `width` long, a block `stride`. */
+typedef struct block_taps {
+    int64_t width, stride, lead, taps;
+    float kept[MAX_KEPT_TAPS]; /* the weights, when taps <= MAX_KEPT_TAPS */
+} block_taps;
+
+/* The overlap of token k's window with the block. */
+static float tap_weight(const block_taps *t, int64_t k)
+{
+    const int64_t start = k - t->lead; /* the window's start, relative to the block */
+    const int64_t end = start + t->width < t->stride ? start + t->width : t->stride;
+    return (float)(end - (start > 0 ? start : 0));
+}
+
+/* Block j's score, tap by tap within [0, nc). */
+static float block_score(const block_taps *t, const float *p_sum, int64_t origin, int64_t nc,
+                         int64_t j)
+{
+    const int64_t base = j * t->stride - t->lead;
+    const int64_t at = base - origin; /* p_sum[at + k]: token base + k */
+    const int64_t k0 = base < 0 ? -base : 0;
+    const int64_t k1 = nc - base < t->taps ? nc - base : t->taps; /* one past */
+    const int kept = t->taps <= MAX_KEPT_TAPS;
+    float total = 0.0f;
+    for (int64_t k = k0; k < k1; k++)
+        total += p_sum[at + k] * (kept ? t->kept[k] : tap_weight(t, k));
+    return total;
+}
+
 void nsa_block_scores(const nsa_config *cfg, const float *p_sum, int64_t origin, int64_t nc,
                       float *score, int64_t first_block, int64_t end_block)
 {
-    /* omega(i, J) depends only on i's place in block J's span: with
-     * stride = l'/d and lead = l/d - 1 (tokens reaching in from the block
-     * before), block J takes tokens i = J * stride - lead + k,
-     * k = 0 .. stride + lead - 1, with the same weights for every J. */
-    /* In units of d: a window is `width` long, a block `stride`. */
-    const int64_t width = cfg->cmp_block / cfg->cmp_stride;
-    const int64_t stride = cfg->sel_block / cfg->cmp_stride, lead = nsa_block_lead(cfg);
-    const int64_t taps = stride + lead;
-    float kept[MAX_KEPT_TAPS];
-    for (int64_t k = 0; k < taps && k < MAX_KEPT_TAPS; k++) {
-        const int64_t start = k - lead; /* the window's start, relative to the block */
-        const int64_t end = start + width < stride ? start + width : stride;
-        kept[k] = (float)(end - (start > 0 ? start : 0));
-    }
-    /* Blocks whose taps all lie in [0, nc) take them tap by tap over all
-     * of them at once: the same sums in the same order, without a loop of
-     * `taps` dependent adds per block. */
-    int64_t inner_first = (lead + stride - 1) / stride, inner_end = (nc + lead - taps) / stride + 1;
+    block_taps t = {.width = cfg->cmp_block / cfg->cmp_stride,
+                    .stride = cfg->sel_block / cfg->cmp_stride,
+                    .lead = nsa_block_lead(cfg)};
+    t.taps = t.stride + t.lead;
+    for (int64_t k = 0; k < t.taps && k < MAX_KEPT_TAPS; k++)
+        t.kept[k] = tap_weight(&t, k);
+    /* Blocks whose taps all lie in [0, nc) (base >= 0, base + taps <= nc)
+     * take them tap by tap over all of them at once: the same sums in the
+     * same order, without a loop of `taps` dependent adds per block. */
+    const int64_t top = nc + t.lead - t.taps; /* the largest j * stride */
+    int64_t inner_first = (t.lead + t.stride - 1) / t.stride;
+    int64_t inner_end = top < 0 ? inner_first : top / t.stride + 1;
     inner_first = inner_first > first_block ? inner_first : first_block;
-    inner_end = nc + lead - taps < 0 ? inner_first : inner_end < end_block ? inner_end : end_block;
-    if (taps <= MAX_KEPT_TAPS && inner_first < inner_end) {
-        for (int64_t j = inner_first; j < inner_end; j++)
-            score[j] = 0.0f;
-        for (int64_t k = 0; k < taps; k++) {
-            const float *p = p_sum + k - lead - origin, weight = kept[k];
-            for (int64_t j = inner_first; j < inner_end; j++)
-                score[j] += p[j * stride] * weight;
-        }
-    } else
+    inner_end = inner_end < end_block ? inner_end : end_block;
+    if (t.taps > MAX_KEPT_TAPS || inner_first >= inner_end)
         inner_first = inner_end = end_block;
-    for (int64_t j = first_block; j < end_block; j++) {
-        if (j == inner_first)
-            j = inner_end;
-        if (j >= end_block)
-            break;
-        const int64_t base = j * stride - lead;
-        const int64_t at = base - origin; /* p_sum[at + k]: token base + k */
-        const int64_t k0 = base < 0 ? -base : 0;
-        const int64_t k1 = nc - base < taps ? nc - base : taps; /* one past */
-        float total = 0.0f;
-        if (taps <= MAX_KEPT_TAPS) {
-            for (int64_t k = k0; k < k1; k++)
-                total += p_sum[at + k] * kept[k];
-        } else {
-            for (int64_t k = k0; k < k1; k++) {
-                const int64_t start = k - lead;
-                const int64_t end = start + width < stride ? start + width : stride;
-                total += p_sum[at + k] * (float)(end - (start > 0 ? start : 0));
-            }
-        }
-        score[j] = total;
+    for (int64_t j = first_block; j < inner_first; j++)
+        score[j] = block_score(&t, p_sum, origin, nc, j);
+    for (int64_t j = inner_first; j < inner_end; j++)
+        score[j] = 0.0f;
+    for (int64_t k = 0; k < t.taps && inner_first < inner_end; k++) {
+        const float *p = p_sum + k - t.lead - origin, weight = t.kept[k];
+        for (int64_t j = inner_first; j < inner_end; j++)
+            score[j] += p[j * t.stride] * weight;
     }
+    for (int64_t j = inner_end; j < end_block; j++)
+        score[j] = block_score(&t, p_sum, origin, nc, j);
 }
 
 void nsa_blocks_within(const nsa_config *cfg, int64_t first, int64_t last, int64_t nc,

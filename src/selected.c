@@ -18,7 +18,8 @@
  * and NSA_SELECTED_ON_TILES asks for it (context.h; off by default until
  * the host has measured it), groups of 16 or more attend to the forward's
  * split keys with their rows split once per chunk, and the next block's
- * split terms are asked for here, since tile loads train no prefetcher.
+ * split terms are asked for here (nsa_prefetch_block), since tile loads
+ * train no prefetcher.
  */
 #include <math.h>
 #include <string.h>
@@ -242,29 +243,6 @@ static void attend_block(const nsa_plan *plan, const nsa_selected_job *job,
 #define NSA_SELECTED_TILE_PREFETCH 1
 #endif
 
-/* Asks for a block's split key panels and value pair rows into L2 ahead
- * of use: tile loads train no prefetcher, and the blocks are scattered. */
-static void prefetch_split_block(const nsa_plan *plan, const nsa_keys *keys, int64_t block)
-{
-    const nsa_config *cfg = &plan->cfg;
-    const int64_t first = block * cfg->sel_block;
-    const int64_t count = first + cfg->sel_block <= keys->count ? cfg->sel_block
-                                                                 : keys->count - first;
-    if (count <= 0)
-        return;
-    const size_t dk = (size_t)cfg->head_dim_qk;
-    const int64_t panel = first / NSA_PANEL, panels = nsa_panels_of(first + count) - panel;
-    const char *k = (const char *)(keys->kp3 + (size_t)panel * nsa_x3_panel_words(dk));
-    const size_t k_bytes = (size_t)panels * nsa_x3_panel_words(dk) * sizeof(uint16_t);
-    for (size_t b = 0; b < k_bytes; b += 64)
-        __builtin_prefetch(k + b, 0, 2);
-    const size_t pair = nsa_x3_pair_words(keys->ldv);
-    const char *v = (const char *)(keys->v3 + (size_t)(first / 2) * pair);
-    const size_t v_bytes = (size_t)((count + 1) / 2) * pair * sizeof(uint16_t);
-    for (size_t b = 0; b < v_bytes; b += 64)
-        __builtin_prefetch(v + b, 0, 2);
-}
-
 /* Each query's G rows split once for the chunk (on_tiles). */
 static void split_rows(const nsa_plan *plan, const nsa_selected_job *job, chunk_scratch *c)
 {
@@ -318,7 +296,7 @@ void nsa_selected_attend(const nsa_plan *plan, const nsa_selected_job *job, floa
             next++;
         keys.prefetch_ahead = hinted && next < blocks ? (next - b) * l : 0;
         if (NSA_SELECTED_TILE_PREFETCH && keys.kp3 != NULL && next < blocks)
-            prefetch_split_block(plan, &keys, next);
+            nsa_prefetch_block(plan, &keys, next);
         attend_block(plan, job, &keys, b, c.queries + c.first_query[b], count, &c);
     }
     finish(plan, job, &c);

@@ -248,28 +248,45 @@ void nsa_window_rows(const nsa_plan *plan, int64_t first, int64_t count, int64_t
     }
 }
 
-/* Asks for a selected block's keys and values ahead of use: the blocks are
- * scattered over the sequence, so unlike the window they give the hardware
- * prefetcher no stream to follow. Every other cache line: the adjacent-line
- * prefetcher brings its pair. */
-static void prefetch_block(const nsa_plan *plan, const nsa_keys *keys, int64_t block)
+/* [at, at + bytes) into L1, every other cache line (the adjacent-line
+ * prefetcher brings its pair), or, for spans larger than L1, every line
+ * into L2. */
+static void prefetch_lines(const void *at, size_t bytes, int to_l2)
+{
+    const char *p = at;
+    if (to_l2)
+        for (size_t b = 0; b < bytes; b += 64)
+            __builtin_prefetch(p + b, 0, 2);
+    else
+        for (size_t b = 0; b < bytes; b += 128)
+            __builtin_prefetch(p + b, 0, 3);
+}
+
+void nsa_prefetch_block(const nsa_plan *plan, const nsa_keys *keys, int64_t block)
 {
     const nsa_config *cfg = &plan->cfg;
     const int64_t first = block * cfg->sel_block;
     const int64_t count = first + cfg->sel_block <= keys->count ? cfg->sel_block
                                                                  : keys->count - first;
-    if (count <= 0 || keys->kp == NULL)
-        return; /* fp32 keys only: the bf16 cache is left to the hardware prefetcher */
-    const char *k = (const char *)(keys->kp + (size_t)(first - first % NSA_PANEL) *
-                                                  (size_t)cfg->head_dim_qk);
-    const size_t k_bytes = (size_t)(count + NSA_PANEL) * (size_t)cfg->head_dim_qk * sizeof(float);
-    for (size_t b = 0; b < k_bytes; b += 128)
-        __builtin_prefetch(k + b, 0, 3);
-    for (int64_t j = 0; j < count; j++) {
-        const char *row = (const char *)(keys->v + (size_t)(first + j) * keys->ldv);
-        for (size_t b = 0; b < (size_t)cfg->head_dim_v * sizeof(float); b += 128)
-            __builtin_prefetch(row + b, 0, 3);
+    const size_t dk = (size_t)cfg->head_dim_qk;
+    if (count <= 0)
+        return;
+    if (keys->kp3 != NULL) { /* whole panels of the three terms, pair rows of values: 96 KiB */
+        const int64_t panel = first / NSA_PANEL, panels = nsa_panels_of(first + count) - panel;
+        prefetch_lines(keys->kp3 + (size_t)panel * nsa_x3_panel_words(dk),
+                       (size_t)panels * nsa_x3_panel_words(dk) * sizeof(uint16_t), 1);
+        const size_t pair = nsa_x3_pair_words(keys->ldv);
+        prefetch_lines(keys->v3 + (size_t)(first / 2) * pair,
+                       (size_t)((count + 1) / 2) * pair * sizeof(uint16_t), 1);
+        return;
     }
+    if (keys->kp == NULL)
+        return; /* the bf16 cache is left to the hardware prefetcher */
+    prefetch_lines(keys->kp + (size_t)(first - first % NSA_PANEL) * dk,
+                   (size_t)(count + NSA_PANEL) * dk * sizeof(float), 0);
+    for (int64_t j = 0; j < count; j++)
+        prefetch_lines(keys->v + (size_t)(first + j) * keys->ldv,
+                       (size_t)cfg->head_dim_v * sizeof(float), 0);
 }
 
 /* Selected branch over the union of the sub-tile's blocks, ascending; a
@@ -283,7 +300,7 @@ static void attend_selected(const nsa_plan *plan, const nsa_rows *rows, const ns
     for (int64_t i = 0; i < blocks; i++) {
         const int64_t block = t->union_blocks[i];
         if (i + 1 < blocks)
-            prefetch_block(plan, keys, t->union_blocks[i + 1]);
+            nsa_prefetch_block(plan, keys, t->union_blocks[i + 1]);
         nsa_selected_rows(plan, t0, count, len, chosen, block, t->row_first, t->row_last);
         nsa_attend_keys(&plan->kernels, rows, keys, block * lsel, block * lsel + lsel - 1,
                         t->row_first, t->row_last, state, t->s, t->lo, t->hi);

@@ -104,6 +104,12 @@ void nsa_selected_rows(const nsa_plan *plan, int64_t first, int64_t count, int64
                        const int32_t *chosen, int64_t block, int64_t *row_first,
                        int64_t *row_last);
 
+/* Asks for a selected block's keys and values (fp32 or split) ahead of
+ * use: the blocks are scattered over the sequence, so unlike the window
+ * they give the hardware prefetcher no stream to follow, and tile loads
+ * train none. */
+void nsa_prefetch_block(const nsa_plan *plan, const nsa_keys *keys, int64_t block);
+
 /* Per row: its query's window; *first_key, *last_key: their union. */
 void nsa_window_rows(const nsa_plan *plan, int64_t first, int64_t count, int64_t len,
                      int64_t *row_first, int64_t *row_last, int64_t *first_key,
